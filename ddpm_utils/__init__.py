@@ -1,0 +1,23 @@
+"""ddpm_utils: the small, tested library behind the DDPM course notebooks.
+
+One module per concept: schedules, diffusion (forward process, posterior, losses, bound),
+samplers (DDPM, DDIM), guidance (classifier-free), embeddings, unet, data, checkpoints, config.
+"""
+
+from .checkpoints import load_checkpoint, load_pretrained, save_checkpoint
+from .config import fast_mode, get_device, seed_everything
+from .data import load_mnist
+from .diffusion import GaussianDiffusion, extract
+from .embeddings import sinusoidal_embedding
+from .guidance import guided_eps
+from .samplers import ddim_step, ddpm_step, sample
+from .schedules import cosine_betas, linear_betas, make_betas
+from .unet import UNet, UNetConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GaussianDiffusion", "UNet", "UNetConfig", "cosine_betas", "ddim_step", "ddpm_step", "extract",
+    "fast_mode", "get_device", "guided_eps", "linear_betas", "load_checkpoint", "load_mnist",
+    "load_pretrained", "make_betas", "sample", "save_checkpoint", "seed_everything", "sinusoidal_embedding",
+]

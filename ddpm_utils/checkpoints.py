@@ -1,0 +1,136 @@
+"""Checkpoints: plain dicts of tensors and Python values, written atomically, read with weights_only=True.
+
+A checkpoint records the UNet config and the schedule, so loading rebuilds the same model
+and diffusion, and refuses a model or diffusion that does not match. Bundled weights
+(`PRETRAINED`) carry a SHA-256 that is checked before loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .diffusion import GaussianDiffusion
+from .unet import UNet, UNetConfig
+
+FORMAT = "ddpm_utils.checkpoint/1"
+ASSETS = Path(__file__).resolve().parent / "assets"
+# name -> {"file": file name in assets/, "sha256": hex digest}. A bundled file stores the EMA
+# weights as its "model" weights (and no optimizer), to stay small.
+PRETRAINED: dict[str, dict[str, str]] = {}
+
+
+@dataclass
+class Checkpoint:
+    model: UNet  # rebuilt (or given) model with the saved weights loaded
+    diffusion: GaussianDiffusion  # rebuilt (or given) diffusion with the saved schedule
+    step: int  # training step at which it was saved
+    data: dict  # everything saved: "optimizer", "ema", "extra" (RNG states, train config, ...)
+
+
+def _state(obj):
+    return obj.state_dict() if isinstance(obj, (nn.Module, torch.optim.Optimizer)) else obj
+
+
+def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion, *, step: int = 0, ema=None, optimizer=None, extra=None) -> Path:
+    """Save model (and optional EMA model, optimizer, extra plain values) to `path`, atomically.
+
+    The file is written next to `path` and renamed over it, so a crash mid-write leaves the
+    previous checkpoint intact.
+    """
+    data = {
+        "format": FORMAT,
+        "unet_config": dataclasses.asdict(model.config),
+        "schedule": diffusion.schedule,  # {"name", "T", parameters} or None
+        "betas": diffusion.betas.detach().cpu(),
+        "step": int(step),
+        "model": model.state_dict(),
+        "ema": _state(ema),
+        "optimizer": _state(optimizer),
+        "extra": extra or {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _diffusion_from(data: dict) -> GaussianDiffusion:
+    if data["schedule"] is not None:
+        return GaussianDiffusion.from_schedule(**data["schedule"])
+    return GaussianDiffusion(data["betas"].double())
+
+
+def _config_diff(a: UNetConfig, b: UNetConfig) -> str:
+    return ", ".join(f"{k}: checkpoint {v!r} vs model {getattr(b, k)!r}" for k, v in vars(a).items() if getattr(b, k) != v)
+
+
+def load_checkpoint(path, *, model: UNet | None = None, diffusion: GaussianDiffusion | None = None,
+                    use_ema: bool = False, map_location="cpu") -> Checkpoint:
+    """Load a checkpoint saved by `save_checkpoint`, rebuilding model and diffusion unless given.
+
+    A given model or diffusion must match what the checkpoint records (ValueError otherwise).
+    `use_ema=True` loads the EMA weights into the model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} could not be read as a checkpoint (corrupt, truncated or not a torch file): {e}") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path} is not a ddpm_utils checkpoint (format {found!r}, expected {FORMAT!r})")
+    try:
+        config = UNetConfig(**data["unet_config"])
+    except TypeError as e:
+        raise ValueError(f"{path} records a UNet config this version cannot build: {e}") from e
+    if model is None:
+        model = UNet(config)
+    elif model.config != config:
+        raise ValueError(f"{path} was saved from a different UNet ({_config_diff(config, model.config)})")
+    state = data["ema"] if use_ema else data["model"]
+    if state is None:
+        raise ValueError(f"{path} holds no EMA weights; load with use_ema=False")
+    model.load_state_dict(state)
+    saved = _diffusion_from(data)
+    if diffusion is None:
+        diffusion = saved
+    elif diffusion.num_timesteps != saved.num_timesteps or not torch.allclose(diffusion.betas.cpu(), saved.betas, rtol=1e-6, atol=0):
+        raise ValueError(
+            f"{path} was trained with schedule {data['schedule'] or 'custom betas'} (T={saved.num_timesteps}), "
+            f"which differs from the given diffusion ({diffusion.schedule or 'custom betas'}, T={diffusion.num_timesteps})"
+        )
+    return Checkpoint(model.to(map_location), diffusion.to(map_location), data["step"], data)
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_pretrained(name: str = "mnist", device="cpu"):
+    """Bundled pretrained (model, diffusion): EMA weights, eval mode, on `device`, no internet needed."""
+    if name not in PRETRAINED:
+        raise ValueError(f"no bundled weights named {name!r}; available: {sorted(PRETRAINED) or 'none yet'}")
+    entry = PRETRAINED[name]
+    path = ASSETS / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"bundled weights {path} are missing; reinstall ddpm_utils")
+    digest = sha256(path)
+    if digest != entry["sha256"]:
+        raise ValueError(f"{path} has SHA-256 {digest[:16]}..., expected {entry['sha256'][:16]}...: the file is corrupt or was replaced")
+    ckpt = load_checkpoint(path, map_location=device)  # bundled files store the EMA weights as "model"
+    return ckpt.model.eval(), ckpt.diffusion

@@ -1,0 +1,278 @@
+"""The Gaussian diffusion process: forward q, posterior, x0 from eps, losses and the variational bound.
+
+Notation (code vs. Ho et al. 2020). Code time t = 0..T-1 is the paper's t+1.
+
+| code                          | paper                              |
+|-------------------------------|------------------------------------|
+| `betas[t]`                    | beta_{t+1}                         |
+| `alphas_cumprod[t]`           | alpha-bar_{t+1} = prod_{s<=t+1} alpha_s |
+| `alphas_cumprod_prev[t]`      | alpha-bar_t (alpha-bar_0 = 1)      |
+| `posterior_variance[t]`       | beta-tilde_{t+1} (Eq. 7); 0 at code t = 0 |
+| `terms_bpd[:, k]` (bound)     | L_k: L_0 is the decoder NLL, L_1..L_{T-1} the KL terms |
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .schedules import make_betas
+
+VARIANCES = ("posterior", "beta")  # beta-tilde_t (Eq. 7) or beta_t: Ho et al. 2020, Sec. 3.2
+
+
+def extract(a: torch.Tensor, t: torch.Tensor, x_shape) -> torch.Tensor:
+    """Look up a[t] for a batch of timesteps t (B,) and reshape to (B, 1, 1, 1) to broadcast over x."""
+    if t.ndim != 1:
+        raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
+    out = a[t.to(a.device, torch.long)]
+    return out.reshape(t.shape[0], *([1] * (len(x_shape) - 1)))
+
+
+def randn(shape, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, then moved to `device`.
+
+    Drawing on the generator's device means a CPU generator gives the same numbers whether
+    the model runs on the CPU or a GPU.
+    """
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL( N(mean1, exp(logvar1)) || N(mean2, exp(logvar2)) ), elementwise, in nats.
+
+    Closed form for two Gaussians (used for every L_{t-1} term, Ho et al. 2020, Eq. 5).
+    """
+    return 0.5 * (logvar2 - logvar1 - 1.0 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _log_ndtr_diff(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """log(Phi(hi) - Phi(lo)) for lo < hi, accurate in both tails (uses Phi(b)-Phi(a) = Phi(-a)-Phi(-b))."""
+    flip = lo > 0
+    lo, hi = torch.where(flip, -hi, lo), torch.where(flip, -lo, hi)
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    return log_hi + torch.log(-torch.expm1(log_lo - log_hi))
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale) -> torch.Tensor:
+    """log p(x) for data on 256 levels in [-1, 1] under N(mean, exp(log_scale)**2) (Ho et al. 2020, Eq. 13).
+
+    Each level owns the bin [x - 1/255, x + 1/255]; the two end bins extend to -inf and +inf,
+    so the probabilities of the 256 levels sum to one. Elementwise, in nats.
+    """
+    inv_std = torch.exp(-log_scale)
+    lo = (x - mean - 1.0 / 255) * inv_std
+    hi = (x - mean + 1.0 / 255) * inv_std
+    inf = torch.full_like(lo, math.inf)
+    lo = torch.where(x < -0.999, -inf, lo)
+    hi = torch.where(x > 0.999, inf, hi)
+    return _log_ndtr_diff(lo, hi)
+
+
+def _check_images(x: torch.Tensor, name: str = "x0") -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
+
+
+def _check_eps(eps: torch.Tensor, x: torch.Tensor) -> None:
+    if eps.shape != x.shape:
+        raise ValueError(f"model output must have the input's shape {tuple(x.shape)}, got {tuple(eps.shape)}")
+
+
+def _null_label(model) -> int:
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        raise ValueError("label dropout (p_uncond > 0) needs a class-conditional model with a `num_classes` attribute")
+    return num_classes
+
+
+def _mean_flat_bits(x: torch.Tensor) -> torch.Tensor:
+    """Average over all but the batch dimension, converted from nats to bits: (B,)."""
+    return x.flatten(1).mean(1) / math.log(2.0)
+
+
+class GaussianDiffusion(nn.Module):
+    """Forward process, posterior and losses for a fixed beta schedule (Ho et al. 2020).
+
+    Every schedule quantity is computed once in float64 and stored as a float32 buffer,
+    so `diffusion.to(device)` moves them. `schedule` records how the betas were made
+    (name, T, parameters) so checkpoints can rebuild and compare it.
+    """
+
+    def __init__(self, betas, schedule: dict | None = None):
+        super().__init__()
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.ndim != 1 or betas.numel() == 0:
+            raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError(f"betas must lie in (0, 1); got min {betas.min().item():.3g}, max {betas.max().item():.3g}")
+        self.schedule = dict(schedule) if schedule is not None else None
+
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)  # Eq. (7)
+        # log(0) at t = 0 is replaced by the next value, as in improved-diffusion (Nichol & Dhariwal 2021).
+        floor = posterior_variance[1] if len(betas) > 1 else betas[0]
+        posterior_log_variance_clipped = torch.log(torch.cat([floor.reshape(1), posterior_variance[1:]]))
+
+        buffers = {
+            "betas": betas,
+            "alphas": alphas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
+            "sqrt_recip_alphas_cumprod": alphas_cumprod.rsqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),
+            "posterior_variance": posterior_variance,
+            "posterior_log_variance_clipped": posterior_log_variance_clipped,
+            # Eq. (7): mu-tilde = coef1 * x0 + coef2 * x_t
+            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value.float(), persistent=False)
+
+    @classmethod
+    def from_schedule(cls, name: str, T: int, **kw) -> GaussianDiffusion:
+        """Build from a named schedule, e.g. `GaussianDiffusion.from_schedule("cosine", 1000)`."""
+        return cls(make_betas(name, T, **kw), schedule={"name": name, "T": T, **kw})
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.betas.shape[0]
+
+    def _check_t(self, t: torch.Tensor, x: torch.Tensor) -> None:
+        if not isinstance(t, torch.Tensor) or t.shape != (x.shape[0],):
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"t must be a tensor of shape (B,) = ({x.shape[0]},), got {shape}")
+        if t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise ValueError(f"t must hold integer timesteps, got dtype {t.dtype}")
+        if bool(((t < 0) | (t >= self.num_timesteps)).any()):
+            raise ValueError(f"t must lie in 0..{self.num_timesteps - 1}, got values {t.min().item()}..{t.max().item()}")
+
+    # ----- forward process -------------------------------------------------------------------
+    def q_mean_variance(self, x0, t):
+        """Mean, variance and log-variance of q(x_t | x_0) = N(sqrt(abar_t) x0, (1 - abar_t) I) (Eq. 4)."""
+        self._check_t(t, x0)
+        mean = extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0
+        var = extract(1.0 - self.alphas_cumprod, t, x0.shape)
+        return mean, var, torch.log(var)
+
+    def q_sample(self, x0, t, noise=None):
+        """Sample x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, eps ~ N(0, I) (Ho et al. 2020, Eq. 4)."""
+        _check_images(x0)
+        self._check_t(t, x0)
+        noise = torch.randn_like(x0) if noise is None else noise
+        _check_eps(noise, x0)
+        return extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0 + extract(
+            self.sqrt_one_minus_alphas_cumprod, t, x0.shape
+        ) * noise
+
+    def q_posterior_mean_variance(self, x0, x_t, t):
+        """Mean, variance, clipped log-variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, Eqs. 6-7)."""
+        self._check_t(t, x_t)
+        mean = extract(self.posterior_mean_coef1, t, x_t.shape) * x0 + extract(self.posterior_mean_coef2, t, x_t.shape) * x_t
+        var = extract(self.posterior_variance, t, x_t.shape)
+        log_var = extract(self.posterior_log_variance_clipped, t, x_t.shape)
+        return mean, var, log_var
+
+    def predict_x0_from_eps(self, x_t, t, eps):
+        """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): Eq. (4) solved for x0 (Ho et al. 2020, Eq. 15)."""
+        self._check_t(t, x_t)
+        return extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t.shape
+        ) * eps
+
+    def predict_eps_from_x0(self, x_t, t, x0):
+        """eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t): Eq. (4) solved for eps."""
+        self._check_t(t, x_t)
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x0) / extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t.shape
+        )
+
+    # ----- reverse process p(x_{t-1} | x_t) ----------------------------------------------------
+    def p_mean_variance(self, eps, x_t, t, variance: str = "posterior", clip_x0: bool = False):
+        """Mean, variance, log-variance of p(x_{t-1} | x_t) and the predicted x0, from a predicted eps.
+
+        The mean is the posterior mean at the predicted x0, which equals Eq. (11) of Ho et al. 2020
+        when x0 is not clipped. `variance`: "posterior" (beta-tilde_t) or "beta" (beta_t), Sec. 3.2.
+        """
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        _check_eps(eps, x_t)
+        x0_pred = self.predict_x0_from_eps(x_t, t, eps)
+        if clip_x0:
+            x0_pred = x0_pred.clamp(-1.0, 1.0)
+        mean, var, log_var = self.q_posterior_mean_variance(x0_pred, x_t, t)
+        if variance == "beta":
+            var = extract(self.betas, t, x_t.shape)
+            log_var = torch.log(var)
+        return mean, var, log_var, x0_pred
+
+    # ----- losses --------------------------------------------------------------------------------
+    def training_loss(self, model, x0, y=None, p_uncond: float = 0.0, t=None, noise=None, generator=None):
+        """L_simple = E_{t, x0, eps} || eps - eps_theta(x_t, t, y) ||^2 (Ho et al. 2020, Eq. 14; Algorithm 1).
+
+        With `p_uncond > 0`, each label is replaced by the null label with that probability,
+        so one network learns both the conditional and the unconditional model (Ho & Salimans 2022).
+        Returns a scalar tensor.
+        """
+        _check_images(x0)
+        if not 0.0 <= p_uncond <= 1.0:
+            raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond!r}")
+        B, device = x0.shape[0], x0.device
+        gen_device = device if generator is None else generator.device  # draw where the generator lives
+        if t is None:
+            t = torch.randint(0, self.num_timesteps, (B,), generator=generator, device=gen_device).to(device)
+        if noise is None:
+            noise = randn(x0.shape, device, generator)
+        if y is not None and p_uncond > 0:
+            drop = torch.rand(B, generator=generator, device=gen_device).to(device) < p_uncond
+            y = torch.where(drop, torch.full_like(y, _null_label(model)), y)
+        x_t = self.q_sample(x0, t, noise)
+        eps = model(x_t, t, y)
+        _check_eps(eps, x0)
+        return F.mse_loss(eps, noise)
+
+    def prior_bpd(self, x0) -> torch.Tensor:
+        """L_T = KL( q(x_T | x_0) || N(0, I) ) in bits per dimension, (B,) (Ho et al. 2020, Eq. 5)."""
+        t = torch.full((x0.shape[0],), self.num_timesteps - 1, device=x0.device, dtype=torch.long)
+        mean, _, log_var = self.q_mean_variance(x0, t)
+        return _mean_flat_bits(normal_kl(mean, log_var, torch.zeros_like(mean), torch.zeros_like(mean)))
+
+    def vb_terms_bpd(self, eps, x0, x_t, t, variance: str = "posterior", clip_x0: bool = False) -> torch.Tensor:
+        """One term of the bound per sample, in bits per dimension, (B,) (Ho et al. 2020, Eq. 5).
+
+        For code t >= 1: L_t = KL( q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t) ), a KL between Gaussians.
+        For code t == 0: L_0 = -log p(x_0 | x_1), the discretised-Gaussian decoder (Eq. 13).
+        """
+        true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
+        mean, _, log_var, _ = self.p_mean_variance(eps, x_t, t, variance, clip_x0)
+        kl = _mean_flat_bits(normal_kl(true_mean, true_log_var, mean, log_var))
+        nll = _mean_flat_bits(-discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var))
+        return torch.where(t == 0, nll, kl)
+
+    @torch.no_grad()
+    def variational_bound(self, model, x0, y=None, variance: str = "posterior", clip_x0: bool = False, generator=None):
+        """The negative ELBO, -log p(x0) <= L_T + sum_{t>1} L_{t-1} + L_0, in bits per dimension (Eq. 5).
+
+        Runs the model once per timestep (T forward passes per batch). Returns a dict of
+        `total_bpd` (B,), `prior_bpd` (B,) = L_T and `terms_bpd` (B, T) with column k = L_k.
+        x0 must lie on the 256 levels of 8-bit images scaled to [-1, 1].
+        """
+        _check_images(x0)
+        terms = []
+        for k in range(self.num_timesteps):
+            t = torch.full((x0.shape[0],), k, device=x0.device, dtype=torch.long)
+            x_t = self.q_sample(x0, t, randn(x0.shape, x0.device, generator))
+            terms.append(self.vb_terms_bpd(model(x_t, t, y), x0, x_t, t, variance, clip_x0))
+        terms = torch.stack(terms, dim=1)
+        prior = self.prior_bpd(x0)
+        return {"total_bpd": terms.sum(dim=1) + prior, "prior_bpd": prior, "terms_bpd": terms}

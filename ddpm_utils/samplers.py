@@ -1,0 +1,159 @@
+"""Reverse-process steps and the one sampling loop: ancestral DDPM, strided DDIM, guidance.
+
+| code                        | paper                                                       |
+|-----------------------------|-------------------------------------------------------------|
+| `ddpm_step`                 | Ho et al. 2020, Algorithm 2, line 4                         |
+| `ddim_step`                 | Song et al. 2021 (DDIM), Eq. (12), sigma from Eq. (16)      |
+| `t_prev = -1`               | "before the first step": alpha-bar = 1 (never index [-1])   |
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .diffusion import extract, randn
+from .guidance import guided_eps
+
+
+def _alphas_cumprod_prev(diffusion, t_prev: torch.Tensor, x_shape) -> torch.Tensor:
+    """alpha-bar at t_prev (B,), with alpha-bar = 1 where t_prev == -1. Returns (B, 1, 1, 1)."""
+    abar = extract(diffusion.alphas_cumprod, t_prev.clamp(min=0), x_shape)
+    first = (t_prev < 0).reshape(abar.shape)
+    return torch.where(first, torch.ones_like(abar), abar)
+
+
+def ddpm_step(diffusion, eps, t, x_t, noise=None, variance="posterior", clip_x0=False, generator=None):
+    """One ancestral step x_t -> x_{t-1} ~ N(mu_theta(x_t, t), sigma_t^2 I) (Ho et al. 2020, Algorithm 2).
+
+    `variance`: "posterior" (sigma_t^2 = beta-tilde_t) or "beta" (sigma_t^2 = beta_t).
+    At t = 0 no noise is added (z = 0 at the paper's t = 1). Returns (x_prev, x0_pred).
+    """
+    mean, _, log_var, x0_pred = diffusion.p_mean_variance(eps, x_t, t, variance, clip_x0)
+    if noise is None:
+        noise = randn(x_t.shape, x_t.device, generator)
+    not_last = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, 1, 1)
+    return mean + not_last * torch.exp(0.5 * log_var) * noise, x0_pred
+
+
+def ddim_step(diffusion, eps, t, t_prev, x_t, eta=0.0, noise=None, clip_x0=False, generator=None):
+    """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, Eq. 12). Returns (x_prev, x0_pred).
+
+    1. predict x0 from eps (Eq. 12, "predicted x0"); if clipped, recompute eps to match it;
+    2. sigma = eta * sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))   (Eq. 16);
+    3. x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
+    eta = 0 is deterministic; eta = 1 with t_prev = t - 1 is the DDPM step with beta-tilde_t.
+    `t_prev = -1` means abar_prev = 1, so the last step returns the predicted x0.
+    """
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0, got {eta!r}")
+    if t_prev.shape != t.shape or bool((t_prev >= t).any() | (t_prev < -1).any()):
+        raise ValueError(f"t_prev must have t's shape {tuple(t.shape)} and satisfy -1 <= t_prev < t")
+    # 1. predicted x0 (and the eps that goes with it)
+    x0_pred = diffusion.predict_x0_from_eps(x_t, t, eps)
+    if clip_x0:
+        x0_pred = x0_pred.clamp(-1.0, 1.0)
+        eps = diffusion.predict_eps_from_x0(x_t, t, x0_pred)
+    # 2. the noise level sigma of Eq. (16), scaled by eta
+    abar = extract(diffusion.alphas_cumprod, t, x_t.shape)
+    abar_prev = _alphas_cumprod_prev(diffusion, t_prev, x_t.shape)
+    sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
+    # 3. Eq. (12): predicted x0, direction pointing to x_t, random noise
+    direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
+    x_prev = abar_prev.sqrt() * x0_pred + direction
+    if eta > 0:
+        if noise is None:
+            noise = randn(x_t.shape, x_t.device, generator)
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0_pred
+
+
+def timestep_pairs(T: int, num_steps: int | None = None) -> list[tuple[int, int]]:
+    """The (t, t_prev) pairs a sampler walks: `num_steps` evenly spaced steps from T-1 down to 0,
+    the last pair being (0, -1). `num_steps=None` means all T steps."""
+    num_steps = T if num_steps is None else num_steps
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be an int in 1..T = 1..{T}, got {num_steps!r}")
+    ts = torch.linspace(T - 1, 0, num_steps, dtype=torch.float64).round().long().tolist()
+    return list(zip(ts, ts[1:] + [-1]))
+
+
+def _labels(y, batch: int, device) -> torch.Tensor | None:
+    if y is None:
+        return None
+    y = torch.full((batch,), y, dtype=torch.long) if isinstance(y, int) else torch.as_tensor(y)
+    if y.shape != (batch,):
+        raise ValueError(f"y must be an int or a tensor of shape (B,) = ({batch},), got {tuple(y.shape)}")
+    return y.to(device)
+
+
+def _device(model, diffusion) -> torch.device:
+    device = diffusion.betas.device
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    if param is not None and param.device != device:
+        raise ValueError(f"model is on {param.device} but diffusion on {device}; call diffusion.to({str(param.device)!r})")
+    return device
+
+
+@torch.no_grad()
+def sample(
+    model,
+    diffusion,
+    shape,
+    *,
+    num_steps=None,
+    eta=None,
+    y=None,
+    guidance_scale=1.0,
+    generator=None,
+    return_trajectory=False,
+    progress=True,
+    clip_x0=True,  # clip the predicted x0 to [-1, 1] at every step
+    variance="posterior",  # ancestral DDPM only: "posterior" (beta-tilde_t) or "beta" (beta_t)
+    trajectory_at=None,  # timesteps to record when return_trajectory; None = every step walked
+    x_T=None,  # starting noise (B, C, H, W); None = drawn from `generator`
+):
+    """Draw samples of `shape` (B, C, H, W) from the reverse process: one loop for every sampler.
+
+    - `num_steps=None` and `eta=None`: ancestral DDPM over all T steps (Ho et al. 2020, Algorithm 2).
+    - otherwise DDIM (Song et al. 2021, Eq. 12) over `num_steps` (default T) evenly spaced steps
+      starting at T-1, with `eta` (default 0, deterministic).
+    - `y` (int or (B,) labels) with `guidance_scale` s: eps = eps_uncond + s (eps_cond - eps_uncond).
+    Returns x_0 (B, C, H, W), or (x_0, trajectory) where trajectory is a dict of CPU tensors
+    `t` (K,), `x_t` (K, B, C, H, W) (the input of each recorded step) and `x0_pred` (K, B, C, H, W).
+    """
+    if len(shape) != 4:
+        raise ValueError(f"shape must be (B, C, H, W), got {tuple(shape)}")
+    device = _device(model, diffusion)
+    ancestral = num_steps is None and eta is None
+    pairs = timestep_pairs(diffusion.num_timesteps, num_steps)
+    y = _labels(y, shape[0], device)
+    if y is None and guidance_scale != 1:
+        raise ValueError(f"guidance_scale={guidance_scale} needs class labels y")
+    null_label = getattr(model, "num_classes", None)
+
+    x = randn(shape, device, generator) if x_T is None else x_T.to(device)
+    if x.shape != tuple(shape):
+        raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x.shape)}")
+    walked = {t for t, _ in pairs}
+    record = walked if trajectory_at is None else set(trajectory_at) & walked
+    if return_trajectory and not record:
+        raise ValueError(f"trajectory_at={trajectory_at!r} contains none of the timesteps walked")
+    traj = {"t": [], "x_t": [], "x0_pred": []}
+    for t_int, t_prev_int in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
+        t = torch.full((shape[0],), t_int, device=device, dtype=torch.long)
+        eps = model(x, t, None) if y is None else guided_eps(model, x, t, y, guidance_scale, null_label)
+        noise = randn(shape, device, generator)  # drawn at every step, so all samplers share one stream
+        if ancestral:
+            x_prev, x0_pred = ddpm_step(diffusion, eps, t, x, noise, variance, clip_x0)
+        else:
+            t_prev = torch.full_like(t, t_prev_int)
+            x_prev, x0_pred = ddim_step(diffusion, eps, t, t_prev, x, eta or 0.0, noise, clip_x0)
+        if return_trajectory and t_int in record:
+            traj["t"].append(t_int)
+            traj["x_t"].append(x.cpu())
+            traj["x0_pred"].append(x0_pred.cpu())
+        x = x_prev
+    if not return_trajectory:
+        return x
+    return x, {"t": torch.tensor(traj["t"]), "x_t": torch.stack(traj["x_t"]), "x0_pred": torch.stack(traj["x0_pred"])}
