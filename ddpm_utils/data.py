@@ -31,7 +31,9 @@ class MNISTTensors(Dataset):
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, source: str):
         if images.ndim != 3 or images.dtype != torch.uint8 or labels.shape != images.shape[:1]:
-            raise ValueError(f"expected uint8 images (N, H, W) and labels (N,), got {tuple(images.shape)} {images.dtype} and {tuple(labels.shape)}")
+            raise ValueError(
+                f"expected uint8 images (N, H, W) and labels (N,), got {tuple(images.shape)} {images.dtype} and {tuple(labels.shape)}"
+            )
         self.images, self.labels, self.source = images, labels.long(), source
 
     def __len__(self) -> int:

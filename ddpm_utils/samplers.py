@@ -75,7 +75,7 @@ def timestep_pairs(T: int, num_steps: int | None = None) -> list[tuple[int, int]
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
         raise ValueError(f"num_steps must be an int in 1..T = 1..{T}, got {num_steps!r}")
     ts = torch.linspace(T - 1, 0, num_steps, dtype=torch.float64).round().long().tolist()
-    return list(zip(ts, ts[1:] + [-1]))
+    return list(zip(ts, ts[1:] + [-1], strict=True))
 
 
 def _labels(y, batch: int, device) -> torch.Tensor | None:

@@ -160,7 +160,7 @@ class UNet(nn.Module):
         channels = [cfg.base_channels * m for m in cfg.channel_mults]
         skip_chs, ch = [cfg.base_channels], cfg.base_channels
         self.down = nn.ModuleList()
-        for level, (out_ch, res) in enumerate(zip(channels, cfg.resolutions)):
+        for level, (out_ch, res) in enumerate(zip(channels, cfg.resolutions, strict=True)):
             for _ in range(cfg.num_res_blocks):
                 self.down.append(Block(ch, out_ch, emb_dim, cfg, res in cfg.attention_resolutions))
                 ch = out_ch

@@ -1,0 +1,143 @@
+import pytest
+import torch
+from helpers import LinearEps, OracleEps
+
+from ddpm_utils.diffusion import GaussianDiffusion
+from ddpm_utils.samplers import ddim_step, ddpm_step, sample, timestep_pairs
+from ddpm_utils.unet import UNet, UNetConfig
+
+T = 50
+
+
+@pytest.fixture
+def diffusion():
+    return GaussianDiffusion.from_schedule("cosine", T)
+
+
+def test_timestep_pairs_start_at_T_minus_1_and_end_at_minus_1():
+    assert timestep_pairs(10) == [(9, 8), (8, 7), (7, 6), (6, 5), (5, 4), (4, 3), (3, 2), (2, 1), (1, 0), (0, -1)]
+    assert timestep_pairs(1000, 4) == [(999, 666), (666, 333), (333, 0), (0, -1)]
+    assert timestep_pairs(1000, 1) == [(999, -1)]
+    for n in (2, 7, 33, 999):
+        ts = [t for t, _ in timestep_pairs(1000, n)]
+        assert len(set(ts)) == n and ts[0] == 999 and ts[-1] == 0
+    for bad in (0, 11, 2.5):
+        with pytest.raises(ValueError, match="num_steps must be an int in 1..T = 1..10"):
+            timestep_pairs(10, bad)
+
+
+@pytest.mark.parametrize("variance", ["posterior", "beta"])
+def test_ddpm_step_adds_no_noise_at_t_0_and_some_before(diffusion, variance):
+    x, eps = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    t = torch.tensor([0, 0, 0])
+    a, x0a = ddpm_step(diffusion, eps, t, x, noise=torch.randn_like(x), variance=variance)
+    b, x0b = ddpm_step(diffusion, eps, t, x, noise=torch.randn_like(x), variance=variance)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, x0a)  # the last step returns the predicted x0
+    t = torch.tensor([5, 5, 5])
+    a, _ = ddpm_step(diffusion, eps, t, x, noise=torch.zeros_like(x), variance=variance)
+    b, _ = ddpm_step(diffusion, eps, t, x, noise=torch.ones_like(x), variance=variance)
+    var = diffusion.posterior_variance[5] if variance == "posterior" else diffusion.betas[5]
+    torch.testing.assert_close(b - a, var.sqrt().expand_as(a))
+
+
+def test_ddpm_mean_equals_eq_11_of_ho_et_al(diffusion):
+    """mu = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) (Ho et al. 2020, Eq. 11)."""
+    x, eps, t = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 3, 3), torch.tensor([1, 10, 30, 49])
+    mean, _ = ddpm_step(diffusion, eps, t, x, noise=torch.zeros_like(x))
+    b, a, abar = (v[t].view(-1, 1, 1, 1) for v in (diffusion.betas, diffusion.alphas, diffusion.alphas_cumprod))
+    torch.testing.assert_close(mean, (x - b / (1 - abar).sqrt() * eps) / a.sqrt(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("clip_x0", [False, True])
+def test_ddim_eta_1_over_all_steps_equals_ddpm_with_posterior_variance_step_by_step(diffusion, clip_x0):
+    model = LinearEps(T)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 1, 5, 5, generator=g) * 2
+    for t_int, t_prev_int in timestep_pairs(T):
+        t = torch.full((4,), t_int)
+        eps, noise = model(x, t), torch.randn(x.shape, generator=g)
+        x_ddpm, x0_ddpm = ddpm_step(diffusion, eps, t, x, noise, "posterior", clip_x0)
+        x_ddim, x0_ddim = ddim_step(diffusion, eps, t, torch.full((4,), t_prev_int), x, 1.0, noise, clip_x0)
+        torch.testing.assert_close(x_ddim, x_ddpm, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(x0_ddim, x0_ddpm, atol=1e-4, rtol=1e-4)
+        x = x_ddpm
+
+
+def test_sample_loop_ddim_eta_1_equals_ancestral_ddpm(diffusion):
+    model = LinearEps(T)
+    a = sample(model, diffusion, (3, 1, 4, 4), generator=torch.Generator().manual_seed(3), progress=False)
+    b = sample(model, diffusion, (3, 1, 4, 4), num_steps=T, eta=1.0, generator=torch.Generator().manual_seed(3), progress=False)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_ddim_eta_0_is_deterministic(diffusion):
+    model, x_T = LinearEps(T), torch.randn(2, 1, 4, 4)
+    a = sample(model, diffusion, (2, 1, 4, 4), num_steps=10, x_T=x_T, generator=torch.Generator().manual_seed(1), progress=False)
+    b = sample(model, diffusion, (2, 1, 4, 4), num_steps=10, x_T=x_T, generator=torch.Generator().manual_seed(2), progress=False)
+    assert torch.equal(a, b)
+    c = sample(model, diffusion, (2, 1, 4, 4), num_steps=10, eta=1.0, x_T=x_T, generator=torch.Generator().manual_seed(2), progress=False)
+    assert not torch.allclose(a, c)
+    t, t_prev, eps = torch.tensor([20, 20]), torch.tensor([10, 10]), torch.randn(2, 1, 4, 4)
+    s1, _ = ddim_step(diffusion, eps, t, t_prev, x_T, eta=0.0, noise=torch.randn_like(x_T))
+    s2, _ = ddim_step(diffusion, eps, t, t_prev, x_T, eta=0.0, noise=torch.randn_like(x_T))
+    assert torch.equal(s1, s2)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"num_steps": 7}, {"num_steps": 1}, {"num_steps": 12, "eta": 0.5}])
+def test_every_sampler_returns_the_single_data_point_from_its_oracle(diffusion, kwargs):
+    """With data = one image, the exact denoiser predicts x0 = x*: every sampler must land on it."""
+    x_star = torch.tensor([-0.8, 0.1, 0.5, 0.9]).view(1, 1, 2, 2)
+    out = sample(OracleEps(diffusion, x_star), diffusion, (5, 1, 2, 2), generator=torch.Generator().manual_seed(0),
+                 progress=False, **kwargs)
+    torch.testing.assert_close(out, x_star.expand(5, 1, 2, 2), atol=1e-4, rtol=0)
+
+
+def test_sample_is_reproducible_and_trajectory_has_the_right_shape(diffusion):
+    model = LinearEps(T)
+    kw = dict(num_steps=5, generator=None, progress=False, return_trajectory=True)
+    a, traj = sample(model, diffusion, (2, 1, 3, 3), **{**kw, "generator": torch.Generator().manual_seed(0)})
+    b, _ = sample(model, diffusion, (2, 1, 3, 3), **{**kw, "generator": torch.Generator().manual_seed(0)})
+    assert torch.equal(a, b)
+    assert traj["t"].tolist() == [49, 37, 24, 12, 0]
+    assert traj["x_t"].shape == traj["x0_pred"].shape == (5, 2, 1, 3, 3)
+    torch.testing.assert_close(traj["x0_pred"][-1], a)  # the last prediction is the sample
+    _, some = sample(model, diffusion, (2, 1, 3, 3), num_steps=5, return_trajectory=True, trajectory_at=[49, 0, 3],
+                     progress=False)
+    assert some["t"].tolist() == [49, 0]
+
+
+def test_clip_x0_keeps_samples_in_range(diffusion):
+    wild = lambda x, t, y=None: -10 * torch.ones_like(x)  # noqa: E731  (predicts huge x0)
+    out = sample(wild, diffusion, (2, 1, 3, 3), num_steps=5, progress=False)
+    assert out.min() >= -1 and out.max() <= 1
+    out = sample(wild, diffusion, (2, 1, 3, 3), num_steps=5, progress=False, clip_x0=False)
+    assert out.abs().max() > 1
+
+
+def test_sample_with_labels_and_guidance_runs_the_unet():
+    diffusion = GaussianDiffusion.from_schedule("linear", 20)
+    model = UNet(UNetConfig.preset("tiny")).eval()
+    out = sample(model, diffusion, (3, 1, 28, 28), num_steps=4, y=torch.tensor([0, 5, 9]), guidance_scale=3.0,
+                 generator=torch.Generator().manual_seed(0), progress=False)
+    assert out.shape == (3, 1, 28, 28) and torch.isfinite(out).all()
+    same = sample(model, diffusion, (3, 1, 28, 28), num_steps=4, y=7, progress=False, generator=torch.Generator().manual_seed(0))
+    assert same.shape == (3, 1, 28, 28)
+
+
+def test_sample_bad_inputs(diffusion):
+    model = LinearEps(T)
+    with pytest.raises(ValueError, match="shape must be \\(B, C, H, W\\)"):
+        sample(model, diffusion, (2, 4, 4), progress=False)
+    with pytest.raises(ValueError, match="needs class labels y"):
+        sample(model, diffusion, (2, 1, 4, 4), guidance_scale=3.0, progress=False)
+    with pytest.raises(ValueError, match="y must be an int or a tensor of shape \\(B,\\) = \\(2,\\)"):
+        sample(model, diffusion, (2, 1, 4, 4), y=torch.tensor([1, 2, 3]), progress=False)
+    with pytest.raises(ValueError, match="num_steps must be an int in 1..T"):
+        sample(model, diffusion, (2, 1, 4, 4), num_steps=51, progress=False)
+    with pytest.raises(ValueError, match="contains none of the timesteps walked"):
+        sample(model, diffusion, (2, 1, 4, 4), num_steps=2, return_trajectory=True, trajectory_at=[5], progress=False)
+    with pytest.raises(ValueError, match="t_prev must have t's shape"):
+        ddim_step(diffusion, torch.zeros(1, 1, 2, 2), torch.tensor([3]), torch.tensor([3]), torch.zeros(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        ddim_step(diffusion, torch.zeros(1, 1, 2, 2), torch.tensor([3]), torch.tensor([2]), torch.zeros(1, 1, 2, 2), eta=-1)
