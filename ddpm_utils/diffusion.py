@@ -128,8 +128,6 @@ class GaussianDiffusion(nn.Module):
             "alphas_cumprod_prev": alphas_cumprod_prev,
             "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
             "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
-            "sqrt_recip_alphas_cumprod": alphas_cumprod.rsqrt(),
-            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),
             "posterior_variance": posterior_variance,
             "posterior_log_variance_clipped": posterior_log_variance_clipped,
             # Eq. (7): mu-tilde = coef1 * x0 + coef2 * x_t
@@ -171,14 +169,15 @@ class GaussianDiffusion(nn.Module):
         self._check_t(t, x0)
         noise = torch.randn_like(x0) if noise is None else noise
         _check_eps(noise, x0)
-        return extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0 + extract(
-            self.sqrt_one_minus_alphas_cumprod, t, x0.shape
-        ) * noise
+        sqrt_abar = extract(self.sqrt_alphas_cumprod, t, x0.shape)  # (B, 1, 1, 1)
+        sqrt_one_minus_abar = extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape)
+        return sqrt_abar * x0 + sqrt_one_minus_abar * noise
 
     def q_posterior_mean_variance(self, x0, x_t, t):
         """Mean, variance, clipped log-variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, Eqs. 6-7)."""
         self._check_t(t, x_t)
-        mean = extract(self.posterior_mean_coef1, t, x_t.shape) * x0 + extract(self.posterior_mean_coef2, t, x_t.shape) * x_t
+        coef1, coef2 = extract(self.posterior_mean_coef1, t, x_t.shape), extract(self.posterior_mean_coef2, t, x_t.shape)
+        mean = coef1 * x0 + coef2 * x_t
         var = extract(self.posterior_variance, t, x_t.shape)
         log_var = extract(self.posterior_log_variance_clipped, t, x_t.shape)
         return mean, var, log_var
@@ -186,16 +185,16 @@ class GaussianDiffusion(nn.Module):
     def predict_x0_from_eps(self, x_t, t, eps):
         """x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): Eq. (4) solved for x0 (Ho et al. 2020, Eq. 15)."""
         self._check_t(t, x_t)
-        return extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - extract(
-            self.sqrt_recipm1_alphas_cumprod, t, x_t.shape
-        ) * eps
+        sqrt_abar = extract(self.sqrt_alphas_cumprod, t, x_t.shape)
+        sqrt_one_minus_abar = extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
+        return (x_t - sqrt_one_minus_abar * eps) / sqrt_abar
 
     def predict_eps_from_x0(self, x_t, t, x0):
         """eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t): Eq. (4) solved for eps."""
         self._check_t(t, x_t)
-        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x0) / extract(
-            self.sqrt_recipm1_alphas_cumprod, t, x_t.shape
-        )
+        sqrt_abar = extract(self.sqrt_alphas_cumprod, t, x_t.shape)
+        sqrt_one_minus_abar = extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
+        return (x_t - sqrt_abar * x0) / sqrt_one_minus_abar
 
     # ----- reverse process p(x_{t-1} | x_t) ----------------------------------------------------
     def p_mean_variance(self, eps, x_t, t, variance: str = "posterior", clip_x0: bool = False):
