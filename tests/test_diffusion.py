@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from helpers import LinearEps, OracleEps
+from helpers import LinearEps
 
 from ddpm_utils.diffusion import (
     GaussianDiffusion,
@@ -11,6 +11,7 @@ from ddpm_utils.diffusion import (
     normal_kl,
 )
 from ddpm_utils.schedules import linear_betas
+from ddpm_utils.toy import IdealDenoiser
 
 
 @pytest.fixture
@@ -198,7 +199,7 @@ def test_bound_of_a_perfect_denoiser_on_one_point():
     and what is left is the prior L_T and the decoder L_0, both known in closed form."""
     diffusion = GaussianDiffusion.from_schedule("cosine", 40)
     x_star = _grid_image([0, 64, 191, 255])  # two edge levels, two interior levels
-    model = OracleEps(diffusion, x_star)
+    model = IdealDenoiser(diffusion, x_star)
     out = diffusion.variational_bound(model, x_star.repeat(8, 1, 1, 1), generator=torch.Generator().manual_seed(0))
     assert out["terms_bpd"].shape == (8, 40) and out["total_bpd"].shape == (8,)
     assert out["terms_bpd"][:, 1:].abs().max().item() < 1e-4  # KL(q || q) = 0 at every t >= 1
@@ -224,7 +225,7 @@ def test_bound_of_a_perfect_denoiser_on_two_points_pays_one_bit_per_image():
     diffusion = GaussianDiffusion.from_schedule("cosine", 200)
     points = torch.cat([_grid_image([0, 0, 255, 255]), _grid_image([255, 255, 0, 0])])
     x0 = points.repeat(64, 1, 1, 1)  # (128, 1, 2, 2)
-    out = diffusion.variational_bound(OracleEps(diffusion, points), x0, generator=torch.Generator().manual_seed(0))
+    out = diffusion.variational_bound(IdealDenoiser(diffusion, points), x0, generator=torch.Generator().manual_seed(0))
     kl_bits_per_image = (out["terms_bpd"][:, 1:].sum(1) * 4).mean().item()
     assert kl_bits_per_image == pytest.approx(1.0, abs=0.1)
     assert (out["terms_bpd"] >= -1e-5).all()  # every term is a KL or a negative log-probability

@@ -1,9 +1,10 @@
 import pytest
 import torch
-from helpers import LinearEps, OracleEps
+from helpers import LinearEps
 
 from ddpm_utils.diffusion import GaussianDiffusion
 from ddpm_utils.samplers import ddim_step, ddpm_step, sample, timestep_pairs
+from ddpm_utils.toy import IdealDenoiser
 from ddpm_utils.unet import UNet, UNetConfig
 
 T = 50
@@ -88,7 +89,7 @@ def test_ddim_eta_0_is_deterministic(diffusion):
 def test_every_sampler_returns_the_single_data_point_from_its_oracle(diffusion, kwargs):
     """With data = one image, the exact denoiser predicts x0 = x*: every sampler must land on it."""
     x_star = torch.tensor([-0.8, 0.1, 0.5, 0.9]).view(1, 1, 2, 2)
-    out = sample(OracleEps(diffusion, x_star), diffusion, (5, 1, 2, 2), generator=torch.Generator().manual_seed(0),
+    out = sample(IdealDenoiser(diffusion, x_star), diffusion, (5, 1, 2, 2), generator=torch.Generator().manual_seed(0),
                  progress=False, **kwargs)
     torch.testing.assert_close(out, x_star.expand(5, 1, 2, 2), atol=1e-4, rtol=0)
 

@@ -1,0 +1,61 @@
+"""What every notebook's setup cell needs: the course's address, and `setup()`.
+
+`REPO_URL` is the one place the repository's address is written. The notebooks' badges and
+Colab install lines copy it (a test keeps them in sync); after changing it, run
+`python -m ddpm_utils.notebook` to rewrite the notebooks.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import fast_mode, get_device, seed_everything
+
+REPO_URL = "https://github.com/YOUR-GITHUB-ORG/ddpm-course"  # placeholder until the course is published
+BRANCH = "main"
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def colab_url(notebook: str) -> str:
+    """The "Open in Colab" address of `notebooks/<notebook>` in REPO_URL."""
+    owner_repo = REPO_URL.removeprefix("https://github.com/")
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/{BRANCH}/notebooks/{notebook}"
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def setup(seed: int = 0) -> tuple[torch.device, bool]:
+    """Pick the device, seed every RNG, read DDPM_FAST, and say so in one line. Returns (device, fast)."""
+    device, fast = get_device(), fast_mode()
+    seed_everything(seed)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
+    print(f"device: {name} | fast mode (DDPM_FAST): {'on' if fast else 'off'} | seed: {seed} | torch {torch.__version__}")
+    if in_colab() and device.type == "cpu":
+        print("No GPU in this Colab runtime. For the training lessons choose Runtime > Change runtime type > "
+              "T4 GPU, then run this cell again.")
+    return device, fast
+
+
+def sync_notebooks(url: str = REPO_URL, folder: Path = NOTEBOOKS) -> list[Path]:
+    """Rewrite the repository address in every notebook's badge and install line to `url`."""
+    pattern = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+?(?=[\"'/\\)])")
+    colab = re.compile(r"colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/")
+    owner_repo = url.removeprefix("https://github.com/")
+    changed = []
+    for path in sorted(folder.glob("**/*.ipynb")):
+        text = path.read_text()
+        new = colab.sub(f"colab.research.google.com/github/{owner_repo}/", pattern.sub(url, text))
+        if new != text:
+            path.write_text(new)
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    print("\n".join(str(p) for p in sync_notebooks()) or "notebooks already use " + REPO_URL)

@@ -1,0 +1,122 @@
+"""Figures for the notebooks, including every widget callback (each returns a matplotlib Figure).
+
+The callbacks are plain functions, so tests call them directly and notebooks hand them to
+`ipywidgets.interact`. Figures are built with `matplotlib.figure.Figure`, not pyplot, so a
+widget redraw never leaves stray figures behind.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from matplotlib.figure import Figure
+
+from .diffusion import GaussianDiffusion
+from .embeddings import sinusoidal_embedding
+from .schedules import make_betas
+from .toy import linear_gaussian_elbo, linear_gaussian_posterior
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> torch.Tensor:
+    """Tile images (B, C, H, W) in [-1, 1] into one (H', W', C) array in [0, 1] for `imshow`."""
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    B, C, H, W = images.shape
+    ncol = min(nrow, B)
+    nrows = math.ceil(B / ncol)
+    grid = torch.ones(C, nrows * (H + pad) + pad, ncol * (W + pad) + pad)
+    for i, img in enumerate(images.detach().float().cpu().clamp(-1, 1)):
+        r, c = divmod(i, ncol)
+        grid[:, pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = (img + 1) / 2
+    return grid.permute(1, 2, 0).squeeze(-1)
+
+
+def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, ax=None, scale: float = 0.8):
+    """Show a grid of images in [-1, 1]; returns the Figure (a new one unless `ax` is given)."""
+    grid = image_grid(images, nrow)
+    if ax is None:
+        ax = Figure(figsize=(scale * grid.shape[1] / 29 + 0.4, scale * grid.shape[0] / 29 + 0.6)).subplots()
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
+def _error_figure(message: str) -> Figure:
+    fig = Figure(figsize=(8, 1.2))
+    fig.text(0.5, 0.5, message, ha="center", va="center", color="crimson", wrap=True)
+    return fig
+
+
+def elbo_explorer(q_mean: float = 0.0, q_log_var: float = 0.0, x: float = 1.5, noise_var: float = 0.5) -> Figure:
+    """Widget callback (notebook 01): q(z) = N(q_mean, exp(q_log_var)) against the true posterior p(z | x)
+    of z ~ N(0, 1), x | z ~ N(z, noise_var); bars show log p(x), the ELBO and the gap KL(q || p(z|x))."""
+    q_var = math.exp(q_log_var)
+    out = linear_gaussian_elbo(x, q_mean, q_var, noise_var)
+    post_mean, post_var = (v.item() for v in linear_gaussian_posterior(x, noise_var))
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    ax_d, ax_b = fig.subplots(1, 2, width_ratios=[1.6, 1])
+    z = torch.linspace(-4, 4, 400, dtype=torch.float64)
+    for mean, var, label, style in [(post_mean, post_var, "true posterior p(z | x)", "-"), (q_mean, q_var, "q(z)", "--")]:
+        ax_d.plot(z, torch.exp(-((z - mean) ** 2) / (2 * var)) / math.sqrt(2 * math.pi * var), style, label=label)
+    ax_d.set(xlabel="z", ylabel="density", title=f"x = {x}: q against the posterior")
+    ax_d.legend(loc="upper left")
+    values = [out["log_px"].item(), out["elbo"].item()]
+    ax_b.bar(["log p(x)", "ELBO(q)"], values, color=["tab:green", "tab:blue"])
+    ax_b.set(ylabel="nats", title=f"gap = KL(q || p(z|x)) = {out['kl'].item():.3f}")
+    ax_b.set_ylim(min(min(values) - 0.5, -4), 0)
+    return fig
+
+
+def schedule_explorer(schedule: str = "linear", T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                      s: float = 0.008, image: torch.Tensor | None = None, num_frames: int = 8, seed: int = 0) -> Figure:
+    """Widget callback (notebook 02): alpha-bar_t and log-SNR of a schedule, and `image` (1, H, W) in [-1, 1]
+    noised at `num_frames` evenly spaced t with the same noise every redraw. Invalid parameters are
+    reported in the figure instead of raising, so a slider never leaves a traceback."""
+    kw = {"s": s} if schedule == "cosine" else {"beta_start": beta_start, "beta_end": beta_end}
+    try:
+        diffusion = GaussianDiffusion(make_betas(schedule, T, **kw))
+    except ValueError as e:
+        return _error_figure(f"{schedule} schedule: {e}")
+    abar = diffusion.alphas_cumprod.double()
+    t_axis = torch.arange(1, T + 1)  # the paper's t
+    fig = Figure(figsize=(11, 5.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.5, 1])
+    ax_a, ax_s = top.subplots(1, 2)
+    ax_a.plot(t_axis, abar)
+    ax_a.set(xlabel="t", ylabel="alpha-bar_t", title="signal kept: alpha-bar_t", ylim=(-0.02, 1.02))
+    ax_s.plot(t_axis, torch.log(abar / (1 - abar)))
+    ax_s.set(xlabel="t", ylabel="log SNR", title="log SNR = log(alpha-bar / (1 - alpha-bar))")
+    params = ", ".join(f"{k}={v:g}" for k, v in kw.items())
+    top.suptitle(f"{schedule} schedule, T={T}, {params}: alpha-bar_T = {abar[-1].item():.2e}")
+    if image is not None:
+        ts = torch.linspace(0, T - 1, num_frames).round().long()
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn((1, *image.shape), generator=g).expand(num_frames, *image.shape)
+        frames = diffusion.q_sample(image.expand(num_frames, *image.shape), ts, noise)
+        for ax, frame, t in zip(bottom.subplots(1, num_frames), frames, ts.tolist(), strict=True):
+            ax.imshow(((frame + 1) / 2).clamp(0, 1).permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"t={t + 1}", fontsize=9)
+            ax.set_axis_off()
+    return fig
+
+
+def embedding_explorer(dim: int = 64, max_period: float = 10000, T: int = 1000) -> Figure:
+    """Widget callback (notebook 03): the sinusoidal embeddings of t = 0..T-1 as a heatmap, and their
+    cosine-similarity matrix (how alike the embeddings of two timesteps are)."""
+    try:
+        emb = sinusoidal_embedding(torch.arange(T), dim, max_period)  # (T, dim)
+    except ValueError as e:
+        return _error_figure(str(e))
+    unit = emb / emb.norm(dim=1, keepdim=True)
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_e, ax_s = fig.subplots(1, 2)
+    im = ax_e.imshow(emb, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
+    ax_e.set(xlabel="dimension (sin | cos)", ylabel="t", title=f"embedding, dim={dim}, max_period={max_period:g}")
+    fig.colorbar(im, ax=ax_e)
+    im = ax_s.imshow(unit @ unit.T, cmap="viridis", vmin=-1, vmax=1)
+    ax_s.set(xlabel="t", ylabel="t'", title="cosine similarity of emb(t), emb(t')")
+    fig.colorbar(im, ax=ax_s)
+    return fig
