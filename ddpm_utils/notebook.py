@@ -1,8 +1,8 @@
 """What every notebook's setup cell needs: the course's address, and `setup()`.
 
 `REPO_URL` is the one place the repository's address is written. The notebooks' badges and
-Colab install lines copy it (a test keeps them in sync); after changing it, run
-`python -m ddpm_utils.notebook` to rewrite the notebooks.
+Colab install lines, and README's badges, copy it (tests keep them in sync); after changing it,
+run `python -m ddpm_utils.notebook` to rewrite them.
 """
 
 from __future__ import annotations
@@ -42,15 +42,20 @@ def setup(seed: int = 0) -> tuple[torch.device, bool]:
     return device, fast
 
 
-def sync_notebooks(url: str = REPO_URL, folder: Path = NOTEBOOKS) -> list[Path]:
-    """Rewrite the repository address in every notebook's badge and install line to `url`."""
-    pattern = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+?(?=[\"'/\\)])")
+def sync_repo_url(url: str = REPO_URL, files=None) -> list[Path]:
+    """Rewrite the repository address in the notebooks' badges and install lines, and in README.md's
+    badges, to `url`. Returns the files that changed."""
+    github = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+?(?=[\"'/\\)])")
     colab = re.compile(r"colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/")
     owner_repo = url.removeprefix("https://github.com/")
+    if files is None:
+        files = [*sorted(NOTEBOOKS.glob("**/*.ipynb")), NOTEBOOKS.parent / "README.md"]
     changed = []
-    for path in sorted(folder.glob("**/*.ipynb")):
+    for path in map(Path, files):
         text = path.read_text()
-        new = colab.sub(f"colab.research.google.com/github/{owner_repo}/", pattern.sub(url, text))
+        new = colab.sub(f"colab.research.google.com/github/{owner_repo}/", text)
+        if path.suffix == ".ipynb":  # README also links other GitHub projects; only its badges are ours
+            new = github.sub(url, new)
         if new != text:
             path.write_text(new)
             changed.append(path)
@@ -58,4 +63,4 @@ def sync_notebooks(url: str = REPO_URL, folder: Path = NOTEBOOKS) -> list[Path]:
 
 
 if __name__ == "__main__":
-    print("\n".join(str(p) for p in sync_notebooks()) or "notebooks already use " + REPO_URL)
+    print("\n".join(str(p) for p in sync_repo_url()) or "notebooks and README already use " + REPO_URL)

@@ -1,14 +1,17 @@
 """Figures for the notebooks, including every widget callback (each returns a matplotlib Figure).
 
 The callbacks are plain functions, so tests call them directly and notebooks hand them to
-`ipywidgets.interact`. Figures are built with `matplotlib.figure.Figure`, not pyplot, so a
-widget redraw never leaves stray figures behind.
+`ipywidgets.interact`. Each figure is closed in pyplot before it is returned: it is shown once,
+by whatever displays the returned value (a notebook cell or a widget), and a widget redraw
+leaves no open figures behind.
 """
 
 from __future__ import annotations
 
 import math
 
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -16,6 +19,13 @@ from .diffusion import GaussianDiffusion
 from .embeddings import sinusoidal_embedding
 from .schedules import make_betas
 from .toy import linear_gaussian_elbo, linear_gaussian_posterior
+
+
+def new_figure(**kw) -> Figure:
+    """A pyplot figure (so notebooks render it inline) that pyplot no longer tracks."""
+    fig = plt.figure(**kw)
+    plt.close(fig)
+    return fig
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> torch.Tensor:
@@ -36,8 +46,8 @@ def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, a
     """Show a grid of images in [-1, 1]; returns the Figure (a new one unless `ax` is given)."""
     grid = image_grid(images, nrow)
     if ax is None:
-        ax = Figure(figsize=(scale * grid.shape[1] / 29 + 0.4, scale * grid.shape[0] / 29 + 0.6)).subplots()
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+        ax = new_figure(figsize=(scale * grid.shape[1] / 29 + 0.4, scale * grid.shape[0] / 29 + 0.6)).subplots()
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -45,7 +55,7 @@ def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, a
 
 
 def _error_figure(message: str) -> Figure:
-    fig = Figure(figsize=(8, 1.2))
+    fig = new_figure(figsize=(8, 1.2))
     fig.text(0.5, 0.5, message, ha="center", va="center", color="crimson", wrap=True)
     return fig
 
@@ -56,11 +66,11 @@ def elbo_explorer(q_mean: float = 0.0, q_log_var: float = 0.0, x: float = 1.5, n
     q_var = math.exp(q_log_var)
     out = linear_gaussian_elbo(x, q_mean, q_var, noise_var)
     post_mean, post_var = (v.item() for v in linear_gaussian_posterior(x, noise_var))
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    fig = new_figure(figsize=(10, 3.6), layout="constrained")
     ax_d, ax_b = fig.subplots(1, 2, width_ratios=[1.6, 1])
-    z = torch.linspace(-4, 4, 400, dtype=torch.float64)
+    z = np.linspace(-4, 4, 400)
     for mean, var, label, style in [(post_mean, post_var, "true posterior p(z | x)", "-"), (q_mean, q_var, "q(z)", "--")]:
-        ax_d.plot(z, torch.exp(-((z - mean) ** 2) / (2 * var)) / math.sqrt(2 * math.pi * var), style, label=label)
+        ax_d.plot(z, np.exp(-((z - mean) ** 2) / (2 * var)) / math.sqrt(2 * math.pi * var), style, label=label)
     ax_d.set(xlabel="z", ylabel="density", title=f"x = {x}: q against the posterior")
     ax_d.legend(loc="upper left")
     values = [out["log_px"].item(), out["elbo"].item()]
@@ -80,24 +90,23 @@ def schedule_explorer(schedule: str = "linear", T: int = 1000, beta_start: float
         diffusion = GaussianDiffusion(make_betas(schedule, T, **kw))
     except ValueError as e:
         return _error_figure(f"{schedule} schedule: {e}")
-    abar = diffusion.alphas_cumprod.double()
-    t_axis = torch.arange(1, T + 1)  # the paper's t
-    fig = Figure(figsize=(11, 5.2), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.5, 1])
+    abar = diffusion.alphas_cumprod.double().numpy()
+    t_axis = range(1, T + 1)  # the paper's t
+    fig = new_figure(figsize=(11, 5.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.4, 1])
     ax_a, ax_s = top.subplots(1, 2)
-    ax_a.plot(t_axis, abar)
-    ax_a.set(xlabel="t", ylabel="alpha-bar_t", title="signal kept: alpha-bar_t", ylim=(-0.02, 1.02))
-    ax_s.plot(t_axis, torch.log(abar / (1 - abar)))
-    ax_s.set(xlabel="t", ylabel="log SNR", title="log SNR = log(alpha-bar / (1 - alpha-bar))")
     params = ", ".join(f"{k}={v:g}" for k, v in kw.items())
-    top.suptitle(f"{schedule} schedule, T={T}, {params}: alpha-bar_T = {abar[-1].item():.2e}")
+    ax_a.plot(t_axis, abar)
+    ax_a.set(xlabel="t", ylabel="alpha-bar_t", title=f"{schedule}, T={T}: alpha-bar_T = {abar[-1]:.2e}", ylim=(-0.02, 1.02))
+    ax_s.plot(t_axis, np.log(abar / (1 - abar)))
+    ax_s.set(xlabel="t", ylabel="log SNR", title=f"log SNR = log(abar / (1 - abar)), {params}")
     if image is not None:
         ts = torch.linspace(0, T - 1, num_frames).round().long()
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn((1, *image.shape), generator=g).expand(num_frames, *image.shape)
         frames = diffusion.q_sample(image.expand(num_frames, *image.shape), ts, noise)
         for ax, frame, t in zip(bottom.subplots(1, num_frames), frames, ts.tolist(), strict=True):
-            ax.imshow(((frame + 1) / 2).clamp(0, 1).permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(((frame + 1) / 2).clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"t={t + 1}", fontsize=9)
             ax.set_axis_off()
     return fig
@@ -111,12 +120,13 @@ def embedding_explorer(dim: int = 64, max_period: float = 10000, T: int = 1000) 
     except ValueError as e:
         return _error_figure(str(e))
     unit = emb / emb.norm(dim=1, keepdim=True)
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    emb, similarity = emb.numpy(), (unit @ unit.T).numpy()
+    fig = new_figure(figsize=(11, 4.2), layout="constrained")
     ax_e, ax_s = fig.subplots(1, 2)
     im = ax_e.imshow(emb, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
     ax_e.set(xlabel="dimension (sin | cos)", ylabel="t", title=f"embedding, dim={dim}, max_period={max_period:g}")
     fig.colorbar(im, ax=ax_e)
-    im = ax_s.imshow(unit @ unit.T, cmap="viridis", vmin=-1, vmax=1)
+    im = ax_s.imshow(similarity, cmap="viridis", vmin=-1, vmax=1)
     ax_s.set(xlabel="t", ylabel="t'", title="cosine similarity of emb(t), emb(t')")
     fig.colorbar(im, ax=ax_s)
     return fig

@@ -1,0 +1,90 @@
+"""`ddpm_utils.notebook` (setup cell helpers) and the shape every lesson notebook keeps."""
+
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_utils import notebook
+from ddpm_utils.notebook import REPO_URL, colab_url, setup, sync_repo_url
+
+ROOT = Path(__file__).resolve().parents[1]
+LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def source(cell):
+    return "".join(cell["source"])
+
+
+def test_colab_url():
+    owner_repo = REPO_URL.removeprefix("https://github.com/")
+    assert colab_url("01_x.ipynb") == f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/01_x.ipynb"
+
+
+def test_setup_reports_device_fast_mode_and_seeds(capsys, monkeypatch):
+    monkeypatch.setenv("DDPM_FAST", "1")
+    device, fast = setup(seed=3)
+    a = torch.rand(2)
+    setup(seed=3)
+    assert torch.equal(a, torch.rand(2)) and fast is True and isinstance(device, torch.device)
+    out = capsys.readouterr().out
+    assert "fast mode (DDPM_FAST): on" in out and "seed: 3" in out and "Runtime" not in out
+
+
+def test_setup_on_colab_without_gpu_says_how_to_get_one(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(notebook, "get_device", lambda: torch.device("cpu"))
+    setup()
+    assert "Runtime > Change runtime type > T4 GPU" in capsys.readouterr().out
+
+
+def test_sync_repo_url_rewrites_badges_and_install_lines(tmp_path):
+    copies = [Path(shutil.copy(p, tmp_path / p.name)) for p in [*LESSONS, ROOT / "README.md"]]
+    new = "https://github.com/someone/else-course"
+    assert sync_repo_url(new, copies) == copies
+    for path in copies[:-1]:
+        text = path.read_text()
+        assert REPO_URL not in text and f'REPO = \\"{new}\\"' in text
+        assert f"colab.research.google.com/github/someone/else-course/blob/main/notebooks/{path.name}" in text
+    readme = copies[-1].read_text()
+    assert "github/someone/else-course/blob/main/notebooks/01_" in readme and "github.com/rasbt/mlxtend" in readme
+    assert sync_repo_url(new, copies) == []  # idempotent
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.name for p in LESSONS])
+def test_lesson_notebook_shape(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code), "commit notebooks stripped of outputs"
+    first, setup_cell = source(nb["cells"][0]), source(nb["cells"][1])
+    assert first.startswith(f"# {path.name[:2]} · ")
+    assert f"]({colab_url(path.name)})" in first and "**You will learn**" in first and "**Time:**" in first
+    assert f'REPO = "{REPO_URL}"' in setup_cell and "device, FAST = setup(seed=0)" in setup_cell
+    assert '"pip", "install"' in setup_cell and "--force-reinstall" not in setup_cell  # never reinstall torch on Colab
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.name for p in LESSONS])
+def test_every_figure_has_a_caption(path):
+    """STYLE.md 9: a figure is followed by a Markdown cell whose first line is an italic caption."""
+    cs = cells(path)
+    for i, cell in enumerate(cs[:-1]):
+        text = source(cell)
+        last_line = text.strip().splitlines()[-1] if text.strip() else ""
+        draws = cell["cell_type"] == "code" and ("plt.show()" in text or "interact(" in text or last_line.startswith("viz."))
+        if draws:
+            following = source(cs[i + 1])
+            assert cs[i + 1]["cell_type"] == "markdown" and following.startswith("*"), f"cell {i} of {path.name}"
+
+
+def test_readme_links_every_lesson_with_its_badge():
+    readme = (ROOT / "README.md").read_text()
+    for path in LESSONS:
+        assert colab_url(path.name) in readme, path.name

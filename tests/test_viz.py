@@ -1,0 +1,73 @@
+"""The notebooks' figures and widget callbacks, called directly (the widgets only wrap these)."""
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from ddpm_utils import viz
+
+
+@pytest.fixture
+def digit():
+    return torch.linspace(-1, 1, 28 * 28).view(1, 28, 28)
+
+
+def test_image_grid_layout_and_range():
+    images = torch.stack([torch.full((1, 4, 4), v) for v in (-1.0, 0.0, 1.0)])
+    grid = viz.image_grid(images, nrow=2, pad=1)
+    assert grid.shape == (2 * 5 + 1, 2 * 5 + 1)  # 2 rows x 2 columns of 4x4 with 1-pixel padding
+    assert grid[1, 1].item() == 0.0 and grid[1, 6].item() == 0.5 and grid[6, 1].item() == 1.0
+    assert viz.image_grid(torch.zeros(5, 3, 4, 4), nrow=8).shape == (6, 26, 3)
+    with pytest.raises(ValueError, match="images must have shape \\(B, C, H, W\\)"):
+        viz.image_grid(torch.zeros(4, 4))
+
+
+def test_figures_are_returned_and_not_left_open(digit):
+    before = plt.get_fignums()
+    figs = [viz.show_images(digit.expand(3, 1, 28, 28), title="three"), viz.elbo_explorer(),
+            viz.schedule_explorer(image=digit), viz.embedding_explorer()]
+    assert all(isinstance(f, Figure) for f in figs)
+    assert plt.get_fignums() == before
+
+
+def test_elbo_explorer_reports_the_gap():
+    fig = viz.elbo_explorer(q_mean=0.3, q_log_var=-0.5, x=1.5, noise_var=0.5)
+    densities, bars = fig.axes
+    assert len(densities.lines) == 2 and len(bars.patches) == 2
+    log_px, elbo = (p.get_height() for p in bars.patches)
+    assert elbo < log_px
+    assert f"{log_px - elbo:.3f}" in bars.get_title()  # the title states the gap, log p(x) - ELBO
+    at_posterior = viz.elbo_explorer(q_mean=1.0, q_log_var=torch.tensor(1 / 3).log().item())
+    assert "= 0.000" in at_posterior.axes[1].get_title()
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "quadratic", "sigmoid"])
+def test_schedule_explorer_draws_alphas_and_the_strip(schedule, digit):
+    fig = viz.schedule_explorer(schedule, T=200, image=digit, num_frames=5)
+    ax_abar, ax_snr, *strip = fig.axes
+    assert len(strip) == 5 and [a.get_title() for a in strip] == ["t=1", "t=51", "t=101", "t=150", "t=200"]
+    abar = ax_abar.lines[0].get_ydata()
+    assert len(abar) == 200 and (abar[1:] < abar[:-1]).all()
+    assert ax_abar.get_title().startswith(f"{schedule}, T=200: alpha-bar_T =")
+
+
+def test_schedule_explorer_uses_the_same_noise_every_redraw(digit):
+    a = viz.schedule_explorer("linear", T=100, image=digit, num_frames=3).axes[-1].images[0].get_array()
+    b = viz.schedule_explorer("linear", T=100, image=digit, num_frames=3).axes[-1].images[0].get_array()
+    assert (a == b).all()
+
+
+def test_schedule_explorer_shows_bad_parameters_as_a_message():
+    fig = viz.schedule_explorer("linear", beta_start=0.1, beta_end=0.01)
+    assert not fig.axes and "beta_start must be <= beta_end" in fig.texts[0].get_text()
+
+
+def test_embedding_explorer_panels():
+    fig = viz.embedding_explorer(dim=16, max_period=100, T=50)
+    heat, sim = fig.axes[:2]  # the two panels (their colour bars follow)
+    assert heat.images[0].get_array().shape == (50, 16)
+    similarity = sim.images[0].get_array()
+    assert similarity.shape == (50, 50) and abs(similarity[3, 3] - 1) < 1e-5
+    assert "max_period=100" in heat.get_title()
+    assert "dim must be an int >= 2" in viz.embedding_explorer(dim=1).texts[0].get_text()
