@@ -43,9 +43,9 @@ def setup(seed: int = 0) -> tuple[torch.device, bool]:
 
 
 def sync_repo_url(url: str = REPO_URL, files=None) -> list[Path]:
-    """Rewrite the repository address in the notebooks' badges and install lines, and in README.md's
-    badges, to `url`. Returns the files that changed."""
-    github = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+?(?=[\"'/\\)])")
+    """Rewrite the course's address in the notebooks' Colab install lines (`REPO = "..."`) and in
+    every Colab badge (notebooks and README.md) to `url`. Returns the files that changed."""
+    install = re.compile(r'(REPO = \\")https://github\.com/[\w.-]+/[\w.-]+(\\")')  # as written inside the .ipynb JSON
     colab = re.compile(r"colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/")
     owner_repo = url.removeprefix("https://github.com/")
     if files is None:
@@ -53,9 +53,7 @@ def sync_repo_url(url: str = REPO_URL, files=None) -> list[Path]:
     changed = []
     for path in map(Path, files):
         text = path.read_text()
-        new = colab.sub(f"colab.research.google.com/github/{owner_repo}/", text)
-        if path.suffix == ".ipynb":  # README also links other GitHub projects; only its badges are ours
-            new = github.sub(url, new)
+        new = install.sub(rf"\g<1>{url}\g<2>", colab.sub(f"colab.research.google.com/github/{owner_repo}/", text))
         if new != text:
             path.write_text(new)
             changed.append(path)
