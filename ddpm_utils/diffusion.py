@@ -85,7 +85,7 @@ def _check_eps(eps: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def _null_label(model) -> int:
-    num_classes = getattr(model, "num_classes", None)
+    num_classes = getattr(getattr(model, "module", model), "num_classes", None)  # looks through a DDP wrapper
     if num_classes is None:
         raise ValueError("label dropout (p_uncond > 0) needs a class-conditional model with a `num_classes` attribute")
     return num_classes

@@ -1,0 +1,244 @@
+"""The training loop (Ho et al. 2020, Algorithm 1), readable in one sitting.
+
+AdamW with linear warm-up, gradient clipping, an EMA of the weights, mixed precision where it
+helps, classifier-free-guidance label dropout, a progress bar with loss and images/s, periodic
+sample grids, and checkpoints written atomically every `checkpoint_every` steps.
+
+Resuming is exact: the data order is a pure function of (seed, step), and the checkpoint holds
+the optimizer, the EMA, the loss history and every RNG state, so N steps + resume + N steps gives
+the same weights as 2N steps straight (on the CPU). Several processes under `torchrun` train one
+model with DistributedDataParallel; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from .checkpoints import load_checkpoint, save_checkpoint
+from .config import get_device
+from .data import load_mnist
+from .diffusion import GaussianDiffusion
+from .samplers import sample
+from .unet import UNet, UNetConfig
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "mnist"  # UNet preset (unet.PRESETS): "tiny" for tests and fast mode, "mnist" for the course model
+    unet: dict = field(default_factory=dict)  # overrides of the preset's UNetConfig fields, e.g. {"dropout": 0.0}
+    schedule: str = "cosine"  # noise schedule name (schedules.make_betas)
+    T: int = 1000  # diffusion steps
+    batch_size: int = 128  # images per step (per process under torchrun)
+    lr: float = 2e-4  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 200  # steps of linear learning-rate warm-up from 0
+    max_steps: int = 10_000  # total optimizer steps
+    grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
+    ema_decay: float = 0.999  # EMA: ema = decay * ema + (1 - decay) * weights, every step
+    p_uncond: float = 0.1  # probability of replacing a label by the null label (classifier-free guidance)
+    amp: str = "auto"  # "auto" (bf16 if supported, else fp16 on CUDA, off on CPU), "bf16", "fp16" or "off"
+    checkpoint_every: int = 500  # write out_dir/last.pt every this many steps (and at the end)
+    sample_every: int = 0  # write a sample grid every this many steps (0 = only at the end)
+    sample_steps: int = 50  # DDIM steps for the sample grids
+    num_workers: int = 0  # DataLoader worker processes
+    data_source: str = "auto"  # load_mnist source: "auto", "torchvision" or "bundled"
+    seed: int = 0  # seeds the data order, the noise and the initial weights
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_steps", "T", "checkpoint_every", "sample_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.p_uncond <= 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1) and p_uncond in [0, 1], got {self.ema_decay}, {self.p_uncond}")
+
+
+class StepBatchSampler(Sampler):
+    """Index batches as a pure function of the step: epoch e is a permutation seeded by (seed, e).
+
+    Starting at `start_step` replays exactly the batches an uninterrupted run would have seen.
+    With several processes, each step's global batch is split between the ranks.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, max_steps: int, rank: int = 0, world: int = 1):
+        self.n, self.bs, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.start, self.stop = start_step, max_steps
+        self.per_epoch = n // (batch_size * world)
+        if self.per_epoch < 1:
+            raise ValueError(f"batch_size {batch_size} x {world} processes is larger than the data set ({n} images)")
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            epoch, i = divmod(step, self.per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            global_batch = perm[i * self.bs * self.world: (i + 1) * self.bs * self.world]
+            yield global_batch[self.rank * self.bs: (self.rank + 1) * self.bs].tolist()
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `setting` on `device`, or None for full precision."""
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return None
+    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16  # older GPUs such as Colab's T4; needs the gradient scaler
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)  # e = decay * e + (1 - decay) * p
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def save_sample_grid(model, diffusion, path, steps: int, seed: int = 0) -> Path:
+    """A 10 x 10 grid: row k holds digit k (guidance scale 3, DDIM), for a class-conditional model."""
+    from torchvision.utils import save_image
+
+    y = torch.arange(10).repeat_interleave(10) if model.num_classes else None
+    images = sample(model, diffusion, (100, model.config.in_channels, model.config.image_size, model.config.image_size),
+                    num_steps=steps, y=y, guidance_scale=3.0 if y is not None else 1.0,
+                    generator=torch.Generator().manual_seed(seed), progress=False)
+    save_image((images + 1) / 2, path, nrow=10)
+    return Path(path)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); starts the process group when run under torchrun."""
+    if "RANK" not in os.environ:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progress: bool = True) -> dict:
+    """Train a UNet on MNIST as `config` says; write `out_dir/last.pt` and `out_dir/samples.png`.
+
+    With `resume=True`, continue exactly from `out_dir/last.pt`. Returns {"model", "ema",
+    "diffusion", "history" (list of (step, loss)), "checkpoint" (path)}.
+    """
+    out_dir = Path(out_dir)
+    rank, world, local_rank = _distributed()
+    device = torch.device(f"cuda:{local_rank}") if world > 1 and torch.cuda.is_available() else get_device(device)
+    main = rank == 0
+    torch.manual_seed(config.seed)  # the initial weights
+
+    model = UNet(UNetConfig.preset(config.preset, **config.unet)).to(device)
+    diffusion = GaussianDiffusion.from_schedule(config.schedule, config.T).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
+    noise_gen = torch.Generator(device).manual_seed(config.seed * 1_000 + rank)  # t, eps and label dropout
+    step, history, path, scaler_state = 0, [], out_dir / "last.pt", None
+
+    if resume:
+        ckpt = load_checkpoint(path, model=model, diffusion=diffusion, map_location=device)
+        saved = ckpt.data["extra"]
+        if saved["train_config"] != dataclasses.asdict(config) | {"max_steps": saved["train_config"]["max_steps"]}:
+            raise ValueError(f"{path} was trained with a different TrainConfig: {saved['train_config']}")
+        ema.load_state_dict(ckpt.data["ema"])
+        optimizer.load_state_dict(ckpt.data["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if len(saved["noise_rng"]) != world:
+            raise ValueError(f"{path} was written by {len(saved['noise_rng'])} processes; resume with as many, not {world}")
+        noise_gen.set_state(saved["noise_rng"][rank].to("cpu"))
+        scaler_state = saved["scaler"]
+        torch.set_rng_state(saved["torch_rng"])  # dropout
+        if device.type == "cuda" and saved["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        step, history = ckpt.step, [tuple(h) for h in saved["history"]]
+        if main:
+            print(f"resuming from {path} at step {step}")
+
+    def rng_states():
+        return noise_gen.get_state(), torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def checkpoint(rngs):
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise FloatingPointError(f"weights are not finite at step {step}; not saved over {path}. Try a lower lr.")
+        noise_rng, torch_rng, cuda_rng = rngs
+        states = [noise_rng]
+        if world > 1:
+            states = [None] * world
+            dist.all_gather_object(states, noise_rng)
+        extra = {"train_config": dataclasses.asdict(config), "scheduler": scheduler.state_dict(), "noise_rng": states,
+                 "scaler": scaler.state_dict(), "torch_rng": torch_rng, "cuda_rng": cuda_rng,
+                 "history": [list(h) for h in history]}
+        if main:
+            save_checkpoint(path, model, diffusion, step=step, ema=ema, optimizer=optimizer, extra=extra)
+
+    dataset = load_mnist(train=True, source=config.data_source)
+    sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, step, config.max_steps, rank, world)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())  # its own RNG, so iterating it leaves the dropout RNG alone
+    net = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) if world > 1 else model
+    dtype = amp_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    if scaler_state:
+        scaler.load_state_dict(scaler_state)
+    bar = tqdm(total=config.max_steps, initial=step, disable=not (progress and main), desc="training")
+
+    model.train()
+    updating = False  # True while the optimizer step is half applied: no consistent state to save
+    rngs_at_start = rng_states()
+    try:
+        for x0, y in loader:
+            start, rngs_at_start = time.perf_counter(), rng_states()
+            x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = diffusion.training_loss(net, x0, y, p_uncond=config.p_uncond, generator=noise_gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {step}; weights not saved. The last good checkpoint is {path} "
+                    "(if any). Try a lower lr, amp='off' or a smaller grad_clip."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            updating = True
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            update_ema(ema, model, config.ema_decay)
+            step += 1
+            history.append((step, loss.item()))
+            updating = False
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{x0.shape[0] * world / (time.perf_counter() - start):.0f}")
+            if step % config.checkpoint_every == 0 or step == config.max_steps:
+                checkpoint(rng_states())
+            if main and config.sample_every and step % config.sample_every == 0:
+                save_sample_grid(ema, diffusion, out_dir / f"samples_{step:06d}.png", config.sample_steps)
+    except (KeyboardInterrupt, Exception) as e:
+        # Nothing made so far is lost: save the state at the start of the interrupted step, so that
+        # resume=True replays that step exactly. (Not for a non-finite loss, and not mid-update.)
+        if world == 1 and step > 0 and not updating and not isinstance(e, FloatingPointError):
+            checkpoint(rngs_at_start)
+            if main:
+                print(f"interrupted at step {step}: saved {path}; continue with resume=True")
+        raise
+    finally:
+        bar.close()
+    if main:
+        save_sample_grid(ema, diffusion, out_dir / "samples.png", config.sample_steps)
+    return {"model": model, "ema": ema, "diffusion": diffusion, "history": history, "checkpoint": path}

@@ -1,0 +1,142 @@
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ddpm_utils import training
+from ddpm_utils.__main__ import main
+from ddpm_utils.checkpoints import load_checkpoint
+from ddpm_utils.training import StepBatchSampler, TrainConfig, amp_dtype, train
+
+# tiny and quick, but with dropout on so the saved RNG states matter
+CFG = TrainConfig(preset="tiny", unet={"dropout": 0.1}, T=50, batch_size=8, max_steps=6, checkpoint_every=3,
+                  warmup_steps=2, sample_steps=2, data_source="bundled")
+
+
+def weights_equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_resume_is_exact(tmp_path):
+    straight = train(CFG, tmp_path / "a", progress=False)
+    train(dataclasses.replace(CFG, max_steps=3), tmp_path / "b", progress=False)
+    resumed = train(CFG, tmp_path / "b", resume=True, progress=False)
+    assert weights_equal(straight["model"], resumed["model"]) and weights_equal(straight["ema"], resumed["ema"])
+    assert straight["history"] == resumed["history"] and len(straight["history"]) == 6
+    assert load_checkpoint(tmp_path / "b" / "last.pt").step == 6
+    assert (tmp_path / "b" / "samples.png").stat().st_size > 0
+    assert not weights_equal(straight["model"], straight["ema"])  # the EMA lags behind the weights
+
+
+def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+    straight = train(CFG, tmp_path / "a", progress=False)
+    calls = {"n": 0}
+    real = training.update_ema
+
+    def crash_on_fifth_step(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # arrives mid-step, after the optimizer update began
+        real(*args)
+
+    monkeypatch.setattr(training, "update_ema", crash_on_fifth_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(CFG, tmp_path / "b", progress=False)
+    assert load_checkpoint(tmp_path / "b" / "last.pt").step == 3  # mid-update: the last scheduled checkpoint stands
+
+    monkeypatch.setattr(training, "update_ema", real)
+    real_loss = training.GaussianDiffusion.training_loss
+    seen = {"n": 0}
+
+    def interrupt_in_fifth_forward(self, *args, **kwargs):
+        seen["n"] += 1
+        if seen["n"] == 5:
+            raise KeyboardInterrupt  # the usual case: Ctrl-C during the forward or backward pass
+        return real_loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.GaussianDiffusion, "training_loss", interrupt_in_fifth_forward)
+    with pytest.raises(KeyboardInterrupt):
+        train(CFG, tmp_path / "c", progress=False)
+    assert load_checkpoint(tmp_path / "c" / "last.pt").step == 4  # saved on the way out
+    monkeypatch.setattr(training.GaussianDiffusion, "training_loss", real_loss)
+    resumed = train(CFG, tmp_path / "c", resume=True, progress=False)
+    assert weights_equal(straight["model"], resumed["model"]) and straight["history"] == resumed["history"]
+
+
+def test_non_finite_loss_or_weights_stop_with_a_clear_message_and_no_nan_is_saved(tmp_path, monkeypatch):
+    cfg = dataclasses.replace(CFG, lr=1e30, grad_clip=0.0, max_steps=50, checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match="loss is (nan|inf) at step [0-9]+; weights not saved"):
+        train(cfg, tmp_path / "a", progress=False)  # weights near 1e30 are finite, but the loss overflows
+    ckpt = load_checkpoint(tmp_path / "a" / "last.pt")
+    assert 0 < ckpt.step < 50 and all(torch.isfinite(p).all() for p in ckpt.model.state_dict().values())
+    real = training.update_ema
+
+    def poison(ema, model, decay):  # however a NaN gets into the weights, it is never written
+        real(ema, model, decay)
+        next(model.parameters()).data.fill_(float("nan"))
+
+    monkeypatch.setattr(training, "update_ema", poison)
+    with pytest.raises(FloatingPointError, match="weights are not finite at step 1; not saved"):
+        train(dataclasses.replace(CFG, checkpoint_every=1), tmp_path / "b", progress=False)
+    assert not (tmp_path / "b" / "last.pt").exists()
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(dataclasses.replace(CFG, max_steps=3), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different TrainConfig"):
+        train(dataclasses.replace(CFG, lr=1e-3), tmp_path, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        train(CFG, tmp_path / "missing", resume=True, progress=False)
+
+
+def test_step_batch_sampler_is_a_function_of_the_step():
+    full = list(StepBatchSampler(100, 8, seed=1, start_step=0, max_steps=30))
+    assert list(StepBatchSampler(100, 8, seed=1, start_step=17, max_steps=30)) == full[17:]
+    per_epoch = 100 // 8
+    assert sorted(sum(full[:per_epoch], [])) == sorted(set(sum(full[:per_epoch], [])))  # no repeats within an epoch
+    ranks = [list(StepBatchSampler(100, 4, seed=1, start_step=0, max_steps=5, rank=r, world=2)) for r in range(2)]
+    for a, b in zip(*ranks, strict=True):
+        assert not set(a) & set(b)  # the two processes see different images at each step
+    with pytest.raises(ValueError, match="larger than the data set"):
+        StepBatchSampler(10, 8, 0, 0, 1, world=2)
+
+
+def test_amp_choice_and_config_validation():
+    assert amp_dtype("auto", torch.device("cpu")) is None and amp_dtype("off", torch.device("cuda")) is None
+    assert amp_dtype("bf16", torch.device("cuda")) is torch.bfloat16
+    with pytest.raises(ValueError, match="amp must be"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        TrainConfig(max_steps=0)
+
+
+def test_cli_train_then_sample(tmp_path, capsys):
+    args = ["train", "--preset", "tiny", "--max-steps", "2", "--batch-size", "4", "--T", "20", "--sample-steps", "2",
+            "--data-source", "bundled", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert main(["sample", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--steps", "2", "--num", "10",
+                 "--label", "3", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert main(["sample", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--label", "12", "--out", "x.png"]) == 2
+    assert "--label must be a digit 0..9, got 12" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(tmp_path / "nope.pt"), "--out", "x.png"]) == 2
+    assert "no checkpoint file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--out", str(tmp_path), "--batch-size", "abc"])
+    assert "invalid int value: 'abc'" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    """DistributedDataParallel with the gloo backend: two CPU processes train one model, rank 0 writes one checkpoint."""
+    env = {**os.environ, "DDPM_FAST": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddpm_utils", "train",
+           "--preset", "tiny", "--max-steps", "3", "--batch-size", "4", "--T", "20", "--sample-steps", "2",
+           "--data-source", "bundled", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "samples.png"]
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt.step == 3 and len(ckpt.data["extra"]["noise_rng"]) == 2
