@@ -2,6 +2,7 @@
 
     python -m ddpm_utils train --preset mnist --max-steps 10000 --out runs/mnist [--resume]
     python -m ddpm_utils sample --out digits.png [--label 3] [--guidance-scale 3] [--steps 50] [--checkpoint runs/mnist/last.pt]
+    python -m ddpm_utils bench [--preset mnist] [--batch-sizes 32,128] [--compile]
 
 Runs under `torchrun --nproc_per_node=K -m ddpm_utils train ...` for several GPUs (or CPU processes).
 Bad arguments and library errors are reported in one line, without a traceback.
@@ -42,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50; 0 = all T ancestral DDPM steps)")
     s.add_argument("--num", type=int, default=100, help="number of images (default 100)")
     s.add_argument("--seed", type=int, default=0)
+
+    b = commands.add_parser("bench", help="measure training and sampling images/s")
+    b.add_argument("--preset", default="mnist", help="UNet preset (default mnist)")
+    b.add_argument("--batch-sizes", default="32,128", help="comma-separated batch sizes (default 32,128)")
+    b.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default 5)")
+    b.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile on a CPU)")
     return parser
 
 
@@ -80,6 +87,14 @@ def main(argv=None) -> int:
             config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
             result = train(config, args.out, resume=args.resume)
             print(f"wrote {result['checkpoint']} and {args.out}/samples.png")
+        elif args.command == "bench":
+            from .bench import benchmark, format_table
+
+            try:
+                sizes = [int(v) for v in args.batch_sizes.split(",")]
+            except ValueError:
+                raise ValueError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+            print(format_table(benchmark(args.preset, sizes, steps=args.steps, compile=args.compile)))
         else:
             _sample(args)
     except (ValueError, FileNotFoundError) as e:

@@ -140,3 +140,15 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "samples.png"]
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert ckpt.step == 3 and len(ckpt.data["extra"]["noise_rng"]) == 2
+
+
+def test_bench_measures_throughput(capsys):
+    from ddpm_utils.bench import benchmark
+
+    rows = benchmark("tiny", batch_sizes=(2, 4), steps=1, warmup=0, device="cpu")
+    assert [(r["batch"], r["amp"], r["compile"]) for r in rows] == [(2, "off", False), (4, "off", False)]
+    assert all(r["train_img_s"] > 0 and r["sample_img_s"] > 0 for r in rows)
+    assert main(["bench", "--preset", "tiny", "--batch-sizes", "2", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "train img/s" in out and out.count("\n") == 2  # header and one row
+    assert main(["bench", "--batch-sizes", "a,b"]) == 2
