@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 import torch
@@ -92,7 +93,10 @@ def main(argv=None) -> int:
             fields = {f.name for f in dataclasses.fields(TrainConfig)}
             config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
             result = train(config, args.out, resume=args.resume)
-            print(f"wrote {result['checkpoint']} and {args.out}/samples.png")
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+            if os.environ.get("RANK", "0") == "0":
+                print(f"wrote {result['checkpoint']} and {args.out}/samples.png")
         elif args.command == "train-classifier":
             from .checkpoints import sha256
             from .classifier import train_classifier

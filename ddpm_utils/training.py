@@ -152,8 +152,10 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
     if resume:
         ckpt = load_checkpoint(path, model=model, diffusion=diffusion, map_location=device)
         saved = ckpt.data["extra"]
-        if saved["train_config"] != dataclasses.asdict(config) | {"max_steps": saved["train_config"]["max_steps"]}:
-            raise ValueError(f"{path} was trained with a different TrainConfig: {saved['train_config']}")
+        changed = {k: (v, saved["train_config"].get(k)) for k, v in dataclasses.asdict(config).items()
+                   if k != "max_steps" and saved["train_config"].get(k) != v}  # only max_steps may change
+        if changed:
+            raise ValueError(f"{path} was trained with a different TrainConfig (now vs then): {changed}")
         ema.load_state_dict(ckpt.data["ema"])
         optimizer.load_state_dict(ckpt.data["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
