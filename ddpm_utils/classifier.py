@@ -55,8 +55,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
 
 
 def _tensors(train: bool):
-    ds = load_mnist(train=train, source="bundled")
-    return ds.images.unsqueeze(1).float() / 127.5 - 1, ds.labels
+    return load_mnist(train=train, source="bundled").tensors()
 
 
 def train_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> tuple[MNISTClassifier, float]:

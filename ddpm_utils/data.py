@@ -40,7 +40,16 @@ class MNISTTensors(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.images[i].unsqueeze(0).float() / 127.5 - 1.0, int(self.labels[i])
+        return _to_unit_range(self.images[i].unsqueeze(0)), int(self.labels[i])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images at once as float (N, 1, 28, 28) in [-1, 1], and the labels (N,)."""
+        return _to_unit_range(self.images.unsqueeze(1)), self.labels
+
+
+def _to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float -1..1"""
+    return images.float() / 127.5 - 1.0
 
 
 def default_root() -> Path:

@@ -20,6 +20,8 @@ def test_bundled_subset_splits_ranges_and_labels(capsys):
     # train and test are disjoint (no image appears in both)
     train_set = {bytes(im.numpy()) for im in train.images}
     assert not any(bytes(im.numpy()) in train_set for im in test.images)
+    images, labels = train.tensors()
+    assert images.shape == (4500, 1, 28, 28) and torch.equal(images[7], train[7][0]) and labels[7].item() == train[7][1]
     loader = torch.utils.data.DataLoader(train, batch_size=16)
     xb, yb = next(iter(loader))
     assert xb.shape == (16, 1, 28, 28) and yb.dtype == torch.long
