@@ -73,6 +73,9 @@ PRESETS = {
     # tests and DDPM_FAST: under 100k parameters, yet the same three levels and every kind of block
     "tiny": UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(7,),
                        num_heads=2, num_groups=4, dropout=0.0),
+    # the bundled model (about 1.1M parameters): trains to clear digits in 40 minutes on a 2-core CPU
+    "small": UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(7,),
+                        num_heads=4, num_groups=8, dropout=0.1),
     # the course model (about 3.6M parameters): good MNIST digits after minutes on one GPU
     "mnist": UNetConfig(base_channels=48, channel_mults=(1, 2, 2), num_res_blocks=2, attention_resolutions=(7,),
                         num_heads=4, num_groups=16, dropout=0.1),

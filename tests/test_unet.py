@@ -12,7 +12,8 @@ CIFAR_LIKE = UNetConfig(image_size=32, in_channels=3, base_channels=8, channel_m
 def test_preset_sizes():
     assert count_parameters(UNet(UNetConfig.preset("tiny"))) < 100_000
     assert 2_000_000 < count_parameters(UNet(UNetConfig.preset("mnist"))) < 6_000_000
-    assert sorted(PRESETS) == ["mnist", "tiny"]
+    assert sorted(PRESETS) == ["mnist", "small", "tiny"]
+    assert 1_000_000 < count_parameters(UNet(UNetConfig.preset("small"))) < 1_200_000
     assert UNetConfig.preset("mnist", num_classes=None).num_classes is None
     with pytest.raises(ValueError, match="unknown UNet preset 'huge'"):
         UNetConfig.preset("huge")
