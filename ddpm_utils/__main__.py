@@ -4,6 +4,7 @@
     python -m ddpm_utils sample --out digits.png [--label 3] [--guidance-scale 3] [--steps 50] [--checkpoint runs/mnist/last.pt]
     python -m ddpm_utils bench [--preset mnist] [--batch-sizes 32,128] [--compile]
     python -m ddpm_utils train-classifier --out ddpm_utils/assets/mnist_classifier.pt
+    python -m ddpm_utils evaluate [--checkpoint PATH] [--steps 50,0] [--guidance-scale 1,3] [--num 500]
 
 Runs under `torchrun --nproc_per_node=K -m ddpm_utils train ...` for several GPUs (or CPU processes).
 Bad arguments and library errors are reported in one line, without a traceback.
@@ -46,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=int, default=100, help="number of images (default 100)")
     s.add_argument("--seed", type=int, default=0)
 
+    e = commands.add_parser("evaluate", help="score samples with the MNIST classifier (accuracy, FD, memorisation)")
+    e.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
+    e.add_argument("--steps", default="50", help="comma-separated DDIM step counts; 0 = all T ancestral DDPM steps (default 50)")
+    e.add_argument("--guidance-scale", default="3", help="comma-separated guidance scales (default 3)")
+    e.add_argument("--unconditional", action="store_true", help="also score unconditional samples")
+    e.add_argument("--num", type=int, default=500, help="samples per setting (default 500)")
+    e.add_argument("--seed", type=int, default=0)
+
     c = commands.add_parser("train-classifier", help="train the evaluation classifier; prints its held-out accuracy")
     c.add_argument("--out", required=True, help="weights file (the shipped one is ddpm_utils/assets/mnist_classifier.pt)")
     c.add_argument("--epochs", type=int, default=15)
@@ -59,17 +68,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sample(args) -> None:
-    from torchvision.utils import save_image
-
+def _model(checkpoint):
+    """(model, diffusion) from a checkpoint's EMA weights, or the bundled model, on the best device."""
     from .config import get_device
 
     device = get_device()
-    if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint, use_ema=True, map_location=device)
-        model, diffusion = ckpt.model.eval(), ckpt.diffusion
-    else:
-        model, diffusion = load_pretrained("mnist", device=device)
+    if checkpoint:
+        ckpt = load_checkpoint(checkpoint, use_ema=True, map_location=device)
+        return ckpt.model.eval(), ckpt.diffusion
+    return load_pretrained("mnist", device=device)
+
+
+def _numbers(text: str, kind, name: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def _evaluate(args) -> None:
+    from .evaluation import Evaluator, format_table, generate
+
+    steps, scales = _numbers(args.steps, int, "--steps"), _numbers(args.guidance_scale, float, "--guidance-scale")
+    if args.num < 2 or min(steps) < 0:
+        raise ValueError(f"--num must be >= 2 and --steps >= 0, got {args.num} and {args.steps}")
+    model, diffusion = _model(args.checkpoint)
+    evaluator = Evaluator()
+    rows = [{"setting": "real training digits", **evaluator.score_real(args.num, args.seed)}]
+    settings = [(n, s, True) for n in steps for s in scales] + [(n, 1.0, False) for n in steps if args.unconditional]
+    for n, s, conditional in settings:
+        name = f"{f'DDIM {n}' if n else f'DDPM {diffusion.num_timesteps}'}, " + (f"s={s:g}" if conditional else "uncond.")
+        images, labels, seconds = generate(model, diffusion, args.num, steps=n or None, guidance_scale=s,
+                                           conditional=conditional, seed=args.seed)
+        rows.append({"setting": name, "seconds": seconds, **evaluator.score(images, labels)})
+        print(format_table(rows[-1:]).splitlines()[1], flush=True)  # one line per setting as it finishes
+    print(format_table(rows))
+
+
+def _sample(args) -> None:
+    from torchvision.utils import save_image
+
+    model, diffusion = _model(args.checkpoint)
     if args.label is not None and not 0 <= args.label < (model.num_classes or 0):
         raise ValueError(f"--label must be a digit 0..{(model.num_classes or 1) - 1}, got {args.label}")
     if args.num < 1:
@@ -107,11 +146,10 @@ def main(argv=None) -> int:
         elif args.command == "bench":
             from .bench import benchmark, format_table
 
-            try:
-                sizes = [int(v) for v in args.batch_sizes.split(",")]
-            except ValueError:
-                raise ValueError(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}") from None
+            sizes = _numbers(args.batch_sizes, int, "--batch-sizes")
             print(format_table(benchmark(args.preset, sizes, steps=args.steps, compile=args.compile)))
+        elif args.command == "evaluate":
+            _evaluate(args)
         else:
             _sample(args)
     except (ValueError, FileNotFoundError) as e:

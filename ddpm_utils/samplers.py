@@ -5,6 +5,7 @@
 | `ddpm_step`                 | Ho et al. 2020, Algorithm 2, line 4                         |
 | `ddim_step`                 | Song et al. 2021 (DDIM), Eq. (12), sigma from Eq. (16)      |
 | `t_prev = -1`               | "before the first step": alpha-bar = 1 (never index [-1])   |
+| `respace`                   | Nichol & Dhariwal 2021, Section 4 (fewer ancestral steps)   |
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import extract, randn
+from .diffusion import GaussianDiffusion, extract, randn
 from .guidance import guided_eps
 
 
@@ -93,6 +94,33 @@ def _device(model, diffusion) -> torch.device:
     if param is not None and param.device != device:
         raise ValueError(f"model is on {param.device} but diffusion on {device}; call diffusion.to({str(param.device)!r})")
     return device
+
+
+class RespacedModel(torch.nn.Module):
+    """Calls `model` with the original timestep `timesteps[t]` for step t of a respaced chain."""
+
+    def __init__(self, model, timesteps: torch.Tensor):
+        super().__init__()
+        self.model, self.num_classes, self.config = model, getattr(model, "num_classes", None), getattr(model, "config", None)
+        self.register_buffer("timesteps", timesteps)
+
+    def forward(self, x, t, y=None):
+        return self.model(x, self.timesteps.to(t.device)[t], y)
+
+
+def respace(model, diffusion, num_steps: int):
+    """Ancestral sampling with fewer steps (Nichol & Dhariwal 2021, Section 4).
+
+    Keep alpha-bar at the `num_steps` evenly spaced timesteps that DDIM walks, and rebuild the betas
+    between them: beta'_i = 1 - abar(t_i) / abar(t_{i-1}). Returns (model', diffusion') for `sample`:
+    its ancestral DDPM loop then takes `num_steps` steps, and model' is `model` called at the
+    original timesteps. (With the posterior variance this equals DDIM with eta = 1.)
+    """
+    ts = sorted(t for t, _ in timestep_pairs(diffusion.num_timesteps, num_steps))
+    abar = torch.cumprod(1.0 - diffusion.betas.double().cpu(), 0)[ts]
+    betas = 1.0 - abar / torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    device = diffusion.betas.device
+    return RespacedModel(model, torch.tensor(ts, device=device)), GaussianDiffusion(betas).to(device)
 
 
 @torch.no_grad()

@@ -80,7 +80,7 @@ class StepBatchSampler(Sampler):
             raise ValueError(f"batch_size {batch_size} x {world} processes is larger than the data set ({n} images)")
 
     def __len__(self):
-        return self.stop - self.start
+        return max(0, self.stop - self.start)
 
     def __iter__(self):
         for step in range(self.start, self.stop):
@@ -94,7 +94,9 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `setting` on `device`, or None for full precision."""
     if setting == "off" or (setting == "auto" and device.type != "cuda"):
         return None
-    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
+    # bf16 needs Ampere (compute capability 8) or newer; torch.cuda.is_bf16_supported() also says
+    # yes to the slow emulation on older GPUs such as Colab's T4, so ask for the capability instead.
+    if setting == "bf16" or (setting == "auto" and torch.cuda.get_device_capability(device)[0] >= 8):
         return torch.bfloat16
     return torch.float16  # older GPUs such as Colab's T4; needs the gradient scaler
 
@@ -128,10 +130,11 @@ def _distributed() -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progress: bool = True) -> dict:
+def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progress: bool = True, callback=None) -> dict:
     """Train a UNet on MNIST as `config` says; write `out_dir/last.pt` and `out_dir/samples.png`.
 
-    With `resume=True`, continue exactly from `out_dir/last.pt`. Returns {"model", "ema",
+    With `resume=True`, continue exactly from `out_dir/last.pt`. `callback(step, history)`, if
+    given, is called on rank 0 after every step (a live loss plot, for example). Returns {"model", "ema",
     "diffusion", "history" (list of (step, loss)), "checkpoint" (path)}.
     """
     out_dir = Path(out_dir)
@@ -231,6 +234,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
                 checkpoint(rng_states())
             if main and config.sample_every and step % config.sample_every == 0:
                 save_sample_grid(ema, diffusion, out_dir / f"samples_{step:06d}.png", config.sample_steps)
+            if main and callback is not None:
+                callback(step, history)
     except (KeyboardInterrupt, Exception) as e:
         # Nothing made so far is lost: save the state at the start of the interrupted step, so that
         # resume=True replays that step exactly. (Not for a non-finite loss, and not mid-update.)

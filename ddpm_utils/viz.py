@@ -130,3 +130,21 @@ def embedding_explorer(dim: int = 64, max_period: float = 10000, T: int = 1000) 
     ax_s.set(xlabel="t", ylabel="t'", title="cosine similarity of emb(t), emb(t')")
     fig.colorbar(im, ax=ax_s)
     return fig
+
+
+def loss_figure(history, window: int = 50) -> Figure:
+    """The training loss per step (faint) and its moving average over `window` steps, on a log scale.
+
+    `history` is the list of (step, loss) that `training.train` returns and passes to its callback.
+    """
+    fig = new_figure(figsize=(7, 3))
+    ax = fig.subplots()
+    if len(history):
+        steps, losses = np.asarray(history, dtype=float).T
+        ax.semilogy(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="loss per step")
+        w = max(1, min(window, len(losses)))
+        ax.semilogy(steps[w - 1:], np.convolve(losses, np.ones(w) / w, mode="valid"), color="tab:blue", label=f"mean of {w} steps")
+        ax.legend(loc="upper right")
+    ax.set(xlabel="step", ylabel="loss (MSE of the noise)", title="Training loss")
+    fig.tight_layout()
+    return fig

@@ -3,7 +3,7 @@ import torch
 from helpers import LinearEps
 
 from ddpm_utils.diffusion import GaussianDiffusion
-from ddpm_utils.samplers import ddim_step, ddpm_step, sample, timestep_pairs
+from ddpm_utils.samplers import ddim_step, ddpm_step, respace, sample, timestep_pairs
 from ddpm_utils.toy import IdealDenoiser
 from ddpm_utils.unet import UNet, UNetConfig
 
@@ -142,3 +142,19 @@ def test_sample_bad_inputs(diffusion):
         ddim_step(diffusion, torch.zeros(1, 1, 2, 2), torch.tensor([3]), torch.tensor([3]), torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="eta must be >= 0"):
         ddim_step(diffusion, torch.zeros(1, 1, 2, 2), torch.tensor([3]), torch.tensor([2]), torch.zeros(1, 1, 2, 2), eta=-1)
+
+
+def test_respaced_ancestral_sampling_equals_ddim_with_eta_one():
+    """beta-tilde of the respaced chain is DDIM's sigma^2 at eta = 1, so both walk the same chain."""
+    diffusion = GaussianDiffusion.from_schedule("cosine", 100)
+    model = LinearEps(100)
+    m, d = respace(model, diffusion, 10)
+    assert d.num_timesteps == 10 and m.timesteps.tolist() == [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]
+    torch.testing.assert_close(d.alphas_cumprod, diffusion.alphas_cumprod[m.timesteps])
+    for clip in (False, True):
+        a = sample(m, d, (3, 1, 4, 4), generator=torch.Generator().manual_seed(1), clip_x0=clip, progress=False)
+        b = sample(model, diffusion, (3, 1, 4, 4), num_steps=10, eta=1.0, generator=torch.Generator().manual_seed(1),
+                   clip_x0=clip, progress=False)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    full_m, full_d = respace(model, diffusion, 100)  # all steps: the original chain
+    torch.testing.assert_close(full_d.betas, diffusion.betas)

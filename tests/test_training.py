@@ -31,6 +31,14 @@ def test_resume_is_exact(tmp_path):
     assert not weights_equal(straight["model"], straight["ema"])  # the EMA lags behind the weights
 
 
+def test_callback_sees_every_step_and_a_finished_run_resumes_to_nothing(tmp_path):
+    seen = []
+    run = train(dataclasses.replace(CFG, max_steps=3), tmp_path, progress=False, callback=lambda step, h: seen.append((step, len(h))))
+    assert seen == [(1, 1), (2, 2), (3, 3)] and run["history"][-1][0] == 3
+    again = train(dataclasses.replace(CFG, max_steps=2), tmp_path, resume=True, progress=False)  # already past step 2
+    assert len(again["history"]) == 3 and load_checkpoint(tmp_path / "last.pt").step == 3
+
+
 def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
     straight = train(CFG, tmp_path / "a", progress=False)
     calls = {"n": 0}
@@ -104,9 +112,12 @@ def test_step_batch_sampler_is_a_function_of_the_step():
         StepBatchSampler(10, 8, 0, 0, 1, world=2)
 
 
-def test_amp_choice_and_config_validation():
+def test_amp_choice_and_config_validation(monkeypatch):
     assert amp_dtype("auto", torch.device("cpu")) is None and amp_dtype("off", torch.device("cuda")) is None
     assert amp_dtype("bf16", torch.device("cuda")) is torch.bfloat16
+    for major, dtype in [(7, torch.float16), (8, torch.bfloat16), (9, torch.bfloat16)]:  # T4 is 7.5, A100 8.0, H100 9.0
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, major=major: (major, 5))
+        assert amp_dtype("auto", torch.device("cuda")) is dtype
     with pytest.raises(ValueError, match="amp must be"):
         TrainConfig(amp="fp8")
     with pytest.raises(ValueError, match="max_steps must be >= 1"):

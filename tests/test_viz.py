@@ -1,6 +1,7 @@
 """The notebooks' figures and widget callbacks, called directly (the widgets only wrap these)."""
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -71,3 +72,12 @@ def test_embedding_explorer_panels():
     assert similarity.shape == (50, 50) and abs(similarity[3, 3] - 1) < 1e-5
     assert "max_period=100" in heat.get_title()
     assert "dim must be an int >= 2" in viz.embedding_explorer(dim=1).texts[0].get_text()
+
+
+def test_loss_figure_draws_raw_and_smoothed_losses():
+    history = [(i + 1, 1.0 / (i + 1)) for i in range(100)]
+    ax = viz.loss_figure(history, window=10).axes[0]
+    raw, smooth = ax.get_lines()
+    assert len(raw.get_xdata()) == 100 and len(smooth.get_xdata()) == 91
+    np.testing.assert_allclose(smooth.get_ydata()[0], np.mean([1.0 / (i + 1) for i in range(10)]))
+    assert not viz.loss_figure([]).axes[0].get_lines()  # before the first step: empty axes, no error

@@ -1,0 +1,130 @@
+"""Honest numbers for generated digits, judged by the shipped MNIST classifier (`classifier.py`).
+
+For a batch of samples:
+- **label accuracy**: how often the classifier reads the digit that was asked for;
+- **confidence**: the classifier's mean top probability (blurry or malformed digits score low);
+- **class histogram**: how many samples look like each digit (a collapsed model piles onto a few);
+- **FD on MNIST-classifier features**: the Frechet distance between Gaussians fitted to the
+  classifier's 128 penultimate features of the samples and of the 500 held-out real digits. This is
+  the recipe of FID with a small MNIST classifier in place of Inception, so its values are not
+  comparable with published FIDs. It is biased upwards for small n: compare it with the `real`
+  row (n real training digits against the same held-out digits), which is the best achievable.
+- **memorisation**: the pixel distance from each sample to its nearest training image, next to the
+  same distance for held-out real digits. Copies of training images would sit far below it.
+
+`python -m ddpm_utils evaluate` prints these as a table.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .classifier import load_classifier
+from .data import load_mnist
+from .samplers import sample
+
+
+@torch.no_grad()
+def classify(images: torch.Tensor, classifier, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities (B, 10), penultimate features (B, 128)) of images in [-1, 1], on the CPU."""
+    device = next(classifier.parameters()).device
+    probs, feats = [], []
+    for i in range(0, len(images), batch_size):
+        f = classifier.features(images[i: i + batch_size].to(device).float().clamp(-1, 1))
+        probs.append(classifier.head(f).softmax(-1).cpu())
+        feats.append(f.cpu())
+    return torch.cat(probs), torch.cat(feats)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a (N, D) and b (M, D):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need two feature sets (N, D) with the same D and N >= 2, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = a.double(), b.double()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    vals, vecs = torch.linalg.eigh(cov_a)
+    root_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    return ((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross).item()
+
+
+def nearest_distances(images: torch.Tensor, reference: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """For each image, the Euclidean pixel distance to its nearest image in `reference` (N,)."""
+    ref = reference.flatten(1).float()
+    return torch.cat([torch.cdist(images[i: i + batch_size].flatten(1).float().cpu(), ref).min(1).values
+                      for i in range(0, len(images), batch_size)])
+
+
+class Evaluator:
+    """Scores batches of samples against the bundled real digits; load once, call many times."""
+
+    def __init__(self, device="cpu"):
+        self.classifier = load_classifier(device)
+        self.train_images, self.train_labels = load_mnist(train=True, source="bundled").tensors()
+        self.test_images, self.test_labels = load_mnist(train=False, source="bundled").tensors()
+        _, self.test_features = classify(self.test_images, self.classifier)
+        self.test_nearest = nearest_distances(self.test_images, self.train_images)  # real digits' own distances
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        """The numbers of the module docstring for `images` (B, 1, 28, 28) in [-1, 1], asked to be `labels`."""
+        if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
+            raise ValueError(f"expected MNIST-shaped images (B, 1, 28, 28), got {tuple(images.shape)}")
+        if labels is not None and labels.shape != (len(images),):
+            raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+        probs, feats = classify(images, self.classifier)
+        predicted = probs.argmax(1)
+        nearest = nearest_distances(images, self.train_images)
+        return {
+            "n": len(images),
+            "accuracy": (predicted == labels.cpu()).float().mean().item() if labels is not None else None,
+            "confidence": probs.max(1).values.mean().item(),
+            "histogram": torch.bincount(predicted, minlength=10).tolist(),
+            "fd": frechet_distance(feats, self.test_features) if len(images) >= 2 else float("nan"),
+            "nearest": nearest.median().item(),  # median pixel distance to the nearest training digit
+            "nearest_real": self.test_nearest.median().item(),  # the same for held-out real digits
+            "copies": (nearest < self.test_nearest.quantile(0.01)).float().mean().item(),  # closer than 99 % of real
+        }
+
+    def score_real(self, n: int, seed: int = 0) -> dict:
+        """The reference row: n random real training digits, scored the same way (each one's
+        nearest training image is itself, so the memorisation columns are left out)."""
+        idx = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(seed))[:n]
+        return {**self.score(self.train_images[idx], self.train_labels[idx]), "nearest": None, "copies": None}
+
+
+def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale: float = 3.0, conditional: bool = True,
+             seed: int = 0, batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """n samples (labels 0..9 in turn if `conditional`, else unconditional): (images, labels, seconds)."""
+    device = next(model.parameters()).device
+    if conditional and not model.num_classes:
+        raise ValueError("this model is unconditional; evaluate it with conditional=False")
+    labels = torch.arange(n, device=device) % 10 if conditional else None
+    generator = torch.Generator(device).manual_seed(seed)
+    c, size = model.config.in_channels, model.config.image_size
+    start, chunks = time.perf_counter(), []
+    for i in range(0, n, batch_size):
+        y = labels[i: i + batch_size] if conditional else None
+        m = min(batch_size, n - i)
+        chunks.append(sample(model, diffusion, (m, c, size, size), num_steps=steps, y=y,
+                             guidance_scale=guidance_scale if conditional else 1.0, generator=generator, progress=False).cpu())
+    return torch.cat(chunks), labels.cpu() if conditional else None, time.perf_counter() - start
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of `Evaluator.score` results, each with a "setting" name and optional "seconds"."""
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    lines = [f"{'setting':<28} {'n':>5} {'accuracy':>8} {'confid.':>7} {'FD':>7} {'NN dist':>7} {'real NN':>7} "
+             f"{'copies':>6} {'top digit':>9} {'s/image':>8}"]
+    for r in rows:
+        top = max(r["histogram"]) / r["n"]
+        per_image = r["seconds"] / r["n"] if r.get("seconds") is not None else None
+        lines.append(f"{r['setting']:<28} {r['n']:>5} {fmt(r['accuracy'], '8.1%')} {r['confidence']:>7.3f} {r['fd']:>7.2f} "
+                     f"{fmt(r['nearest'], '7.2f')} {r['nearest_real']:>7.2f} {fmt(r['copies'], '6.1%')} {top:>9.1%} "
+                     f"{fmt(per_image, '8.3f')}")
+    return "\n".join(lines)

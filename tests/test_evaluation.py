@@ -1,0 +1,97 @@
+"""Evaluation: Frechet distance against closed forms, nearest-neighbour distances, scores of real and fake digits, the CLI."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm_utils.__main__ import main
+from ddpm_utils.checkpoints import save_checkpoint
+from ddpm_utils.diffusion import GaussianDiffusion
+from ddpm_utils.evaluation import Evaluator, format_table, frechet_distance, generate, nearest_distances
+from ddpm_utils.unet import UNet, UNetConfig
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return Evaluator()
+
+
+def gaussian(n, mean, cov, seed):
+    """n samples whose sample mean and covariance are exactly `mean` and `cov` (whitened, then coloured)."""
+    z = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    z = z - z.mean(0)
+    z = z @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(z.T))).T
+    return z @ torch.linalg.cholesky(cov.double()).T + mean
+
+
+def test_frechet_distance_matches_closed_forms():
+    a = torch.randn(300, 5, generator=torch.Generator().manual_seed(0))
+    assert abs(frechet_distance(a, a)) < 1e-9
+    shift = torch.tensor([1.0, -2.0, 0.0, 0.5, 3.0])
+    assert frechet_distance(a, a + shift) == pytest.approx(shift.square().sum().item(), rel=1e-6)
+    # commuting (diagonal) covariances: sum of (sqrt(var_a) - sqrt(var_b))^2
+    va, vb = torch.tensor([1.0, 4.0, 9.0]), torch.tensor([4.0, 1.0, 1.0])
+    x, y = gaussian(500, torch.zeros(3), torch.diag(va), 1), gaussian(500, torch.zeros(3), torch.diag(vb), 2)
+    assert frechet_distance(x, y) == pytest.approx((va.sqrt() - vb.sqrt()).square().sum().item(), rel=1e-6)
+    # non-commuting 2x2: tr sqrt(S_a S_b) = sqrt(tr(S_a S_b) + 2 sqrt(det S_a det S_b))
+    sa, sb = torch.tensor([[2.0, 0.8], [0.8, 1.0]], dtype=torch.float64), torch.tensor([[1.0, -0.5], [-0.5, 3.0]], dtype=torch.float64)
+    cross = math.sqrt((sa @ sb).trace() + 2 * math.sqrt(sa.det() * sb.det()))
+    x, y = gaussian(400, torch.zeros(2), sa, 3), gaussian(400, torch.ones(2), sb, 4)
+    expected = 2 + sa.trace().item() + sb.trace().item() - 2 * cross
+    assert frechet_distance(x, y) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(y, x) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="same D"):
+        frechet_distance(torch.zeros(10, 3), torch.zeros(10, 4))
+
+
+def test_nearest_distances_brute_force():
+    g = torch.Generator().manual_seed(0)
+    images, reference = torch.randn(7, 1, 4, 4, generator=g), torch.randn(20, 1, 4, 4, generator=g)
+    want = torch.tensor([min((im - r).norm().item() for r in reference) for im in images])
+    torch.testing.assert_close(nearest_distances(images, reference, batch_size=3), want)
+    assert nearest_distances(reference[:5], reference).abs().max() < 1e-2  # an image's nearest is itself
+
+
+def test_real_digits_score_well_and_noise_scores_badly(evaluator):
+    real = evaluator.score(evaluator.test_images, evaluator.test_labels)
+    assert real["accuracy"] > 0.97 and real["confidence"] > 0.95 and sum(real["histogram"]) == 500
+    assert real["fd"] < 1e-6 and real["copies"] < 0.02  # the held-out set against itself
+    reference = evaluator.score_real(200)
+    noise = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    fake = evaluator.score(noise, torch.arange(200) % 10)
+    assert fake["accuracy"] < 0.3 and fake["fd"] > 10 * reference["fd"] and fake["nearest"] > 2 * fake["nearest_real"]
+    copies = evaluator.score(evaluator.train_images[:50])  # memorised training digits are caught
+    assert copies["nearest_real"] > 5  # real held-out digits are far from every training digit
+    assert copies["copies"] == 1.0 and copies["nearest"] < 0.05 and copies["accuracy"] is None
+    with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
+        evaluator.score(torch.zeros(4, 1, 32, 32))
+    with pytest.raises(ValueError, match="labels must have shape"):
+        evaluator.score(noise[:4], torch.arange(3))
+    table = format_table([{"setting": "real", **reference}, {"setting": "noise", "seconds": 2.0, **fake}])
+    assert "real" in table.splitlines()[1] and "0.010" in table.splitlines()[2]  # 2 s / 200 images
+
+
+def test_generate_asks_for_digits_in_turn():
+    torch.manual_seed(0)
+    model, diffusion = UNet(UNetConfig.preset("tiny")).eval(), GaussianDiffusion.from_schedule("cosine", 20)
+    images, labels, seconds = generate(model, diffusion, 13, steps=2, batch_size=5)
+    assert images.shape == (13, 1, 28, 28) and labels.tolist() == [i % 10 for i in range(13)] and seconds > 0
+    again, _, _ = generate(model, diffusion, 13, steps=2, batch_size=5)
+    torch.testing.assert_close(images, again)  # seeded
+    unconditional = UNet(UNetConfig.preset("tiny", num_classes=None)).eval()
+    with pytest.raises(ValueError, match="unconditional"):
+        generate(unconditional, diffusion, 2, steps=2)
+
+
+def test_cli_evaluate(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = UNet(UNetConfig.preset("tiny"))
+    path = save_checkpoint(tmp_path / "m.pt", model, GaussianDiffusion.from_schedule("cosine", 20), ema=model)
+    assert main(["evaluate", "--checkpoint", str(path), "--num", "10", "--steps", "2,0", "--guidance-scale", "1,3",
+                 "--unconditional"]) == 0
+    table = capsys.readouterr().out.split("setting")[-1].splitlines()
+    assert [line[:20].strip() for line in table[1:]] == ["real training digits", "DDIM 2, s=1", "DDIM 2, s=3", "DDPM 20, s=1",
+                                                         "DDPM 20, s=3", "DDIM 2, uncond.", "DDPM 20, uncond."]
+    assert main(["evaluate", "--checkpoint", str(path), "--steps", "ten"]) == 2
+    assert "--steps must be comma-separated numbers, got 'ten'" in capsys.readouterr().err
