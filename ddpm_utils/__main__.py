@@ -4,6 +4,8 @@
     python -m ddpm_utils sample --out digits.png [--label 3] [--guidance-scale 3] [--steps 50] [--checkpoint runs/mnist/last.pt]
     python -m ddpm_utils bench [--preset mnist] [--batch-sizes 32,128] [--compile]
     python -m ddpm_utils train-classifier --out ddpm_utils/assets/mnist_classifier.pt
+    python -m ddpm_utils figures [--out images]
+    python -m ddpm_utils exercises
     python -m ddpm_utils evaluate [--checkpoint PATH] [--steps 50,0] [--guidance-scale 1,3] [--num 500]
 
 Runs under `torchrun --nproc_per_node=K -m ddpm_utils train ...` for several GPUs (or CPU processes).
@@ -54,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--unconditional", action="store_true", help="also score unconditional samples")
     e.add_argument("--num", type=int, default=500, help="samples per setting (default 500)")
     e.add_argument("--seed", type=int, default=0)
+
+    commands.add_parser("exercises", help="write notebooks/exercises/ from the solution notebooks")
+
+    f = commands.add_parser("figures", help="regenerate the README's figures from the bundled model")
+    f.add_argument("--out", default="images", help="folder to write (default images)")
+    f.add_argument("--steps", type=int, default=50, help="DDIM steps for the sample grids (default 50)")
+    f.add_argument("--gif-steps", type=int, default=50, help="ancestral steps (frames) of the denoising animation (default 50)")
 
     c = commands.add_parser("train-classifier", help="train the evaluation classifier; prints its held-out accuracy")
     c.add_argument("--out", required=True, help="weights file (the shipped one is ddpm_utils/assets/mnist_classifier.pt)")
@@ -150,6 +159,17 @@ def main(argv=None) -> int:
             print(format_table(benchmark(args.preset, sizes, steps=args.steps, compile=args.compile)))
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "exercises":
+            from .exercises import generate
+
+            for path in generate():
+                print(f"wrote {path}")
+        elif args.command == "figures":
+            from .config import get_device
+            from .figures import make_figures
+
+            for path in make_figures(args.out, args.steps, args.gif_steps, get_device()):
+                print(f"wrote {path}")
         else:
             _sample(args)
     except (ValueError, FileNotFoundError) as e:

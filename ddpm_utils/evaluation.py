@@ -9,6 +9,8 @@ For a batch of samples:
   the recipe of FID with a small MNIST classifier in place of Inception, so its values are not
   comparable with published FIDs. It is biased upwards for small n: compare it with the `real`
   row (n real training digits against the same held-out digits), which is the best achievable.
+- **diversity**: the mean pixel distance between two samples asked to be the same digit (high
+  guidance trades it for fidelity); real digits of one class give the reference;
 - **memorisation**: the pixel distance from each sample to its nearest training image, next to the
   same distance for held-out real digits. Copies of training images would sit far below it.
 
@@ -59,6 +61,17 @@ def nearest_distances(images: torch.Tensor, reference: torch.Tensor, batch_size:
                       for i in range(0, len(images), batch_size)])
 
 
+def within_class_distance(images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean Euclidean pixel distance between two different images of the same label (NaN if no label has two)."""
+    total, pairs = 0.0, 0
+    for c in labels.unique():
+        x = images[labels == c].flatten(1).float().cpu()
+        if len(x) > 1:
+            total += torch.pdist(x).sum().item()
+            pairs += len(x) * (len(x) - 1) // 2
+    return total / pairs if pairs else float("nan")
+
+
 class Evaluator:
     """Scores batches of samples against the bundled real digits; load once, call many times."""
 
@@ -83,6 +96,7 @@ class Evaluator:
             "accuracy": (predicted == labels.cpu()).float().mean().item() if labels is not None else None,
             "confidence": probs.max(1).values.mean().item(),
             "histogram": torch.bincount(predicted, minlength=10).tolist(),
+            "diversity": within_class_distance(images, labels.cpu()) if labels is not None else None,
             "fd": frechet_distance(feats, self.test_features) if len(images) >= 2 else float("nan"),
             "nearest": nearest.median().item(),  # median pixel distance to the nearest training digit
             "nearest_real": self.test_nearest.median().item(),  # the same for held-out real digits
@@ -119,12 +133,13 @@ def format_table(rows: list[dict]) -> str:
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
-    lines = [f"{'setting':<28} {'n':>5} {'accuracy':>8} {'confid.':>7} {'FD':>7} {'NN dist':>7} {'real NN':>7} "
+    lines = [f"{'setting':<28} {'n':>5} {'accuracy':>8} {'confid.':>7} {'FD':>7} {'divers.':>7} {'NN dist':>7} {'real NN':>7} "
              f"{'copies':>6} {'top digit':>9} {'s/image':>8}"]
     for r in rows:
         top = max(r["histogram"]) / r["n"]
         per_image = r["seconds"] / r["n"] if r.get("seconds") is not None else None
         lines.append(f"{r['setting']:<28} {r['n']:>5} {fmt(r['accuracy'], '8.1%')} {r['confidence']:>7.3f} {r['fd']:>7.2f} "
+                     f"{fmt(r['diversity'], '7.2f')} "
                      f"{fmt(r['nearest'], '7.2f')} {r['nearest_real']:>7.2f} {fmt(r['copies'], '6.1%')} {top:>9.1%} "
                      f"{fmt(per_image, '8.3f')}")
     return "\n".join(lines)

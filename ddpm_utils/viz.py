@@ -148,3 +148,76 @@ def loss_figure(history, window: int = 50) -> Figure:
     ax.set(xlabel="step", ylabel="loss (MSE of the noise)", title="Training loss")
     fig.tight_layout()
     return fig
+
+
+def _check_trajectory(trajectory: dict) -> int:
+    if not {"t", "x_t", "x0_pred"} <= set(trajectory) or trajectory["x_t"].ndim != 5:
+        raise ValueError("expected the trajectory dict of sample(..., return_trajectory=True): t (K,), x_t and x0_pred (K, B, C, H, W)")
+    return len(trajectory["t"])
+
+
+def trajectory_frame(trajectory: dict, k: int = 0, nrow: int = 8) -> Figure:
+    """Recorded step k of a sampling trajectory: the noisy x_t (left) and the predicted x0 (right)
+    for every sample. The widget callback that scrubs through t."""
+    K = _check_trajectory(trajectory)
+    if not 0 <= k < K:
+        raise ValueError(f"k must be in 0..{K - 1}, got {k}")
+    fig = new_figure(figsize=(9, 2.2 * math.ceil(trajectory["x_t"].shape[1] / nrow) + 0.6))
+    left, right = fig.subplots(1, 2)
+    t = int(trajectory["t"][k])
+    show_images(trajectory["x_t"][k], nrow, title=f"x_t at t = {t}", ax=left)
+    show_images(trajectory["x0_pred"][k], nrow, title=f"predicted x_0 at t = {t}", ax=right)
+    return fig
+
+
+def trajectory_strip(trajectory: dict, index: int = 0, num: int = 8) -> Figure:
+    """One sample's trajectory at `num` evenly chosen recorded steps: x_t on top, predicted x0 below."""
+    K = _check_trajectory(trajectory)
+    picks = np.unique(np.linspace(0, K - 1, min(num, K)).round().astype(int))
+    fig = new_figure(figsize=(1.3 * len(picks), 3.0))
+    axes = fig.subplots(2, len(picks), squeeze=False)
+    for col, k in enumerate(picks):
+        for row, key in enumerate(("x_t", "x0_pred")):
+            ax = axes[row, col]
+            ax.imshow(image_grid(trajectory[key][k, index: index + 1]).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, col].set_title(f"t = {int(trajectory['t'][k])}", fontsize=9)
+    axes[0, 0].set_ylabel("x_t")
+    axes[1, 0].set_ylabel("predicted x_0")
+    fig.tight_layout()
+    return fig
+
+
+def save_gif(trajectory: dict, path, nrow: int = 8, scale: int = 3, ms_per_frame: int = 80, hold_ms: int = 1500):
+    """Write the trajectory's x_t (left) and predicted x0 (right), one frame per recorded step, to an
+    animated GIF at `path`; the last frame is held for `hold_ms`. Returns the path."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    K = _check_trajectory(trajectory)
+    frames = []
+    for k in range(K):
+        noisy, clean = image_grid(trajectory["x_t"][k], nrow), image_grid(trajectory["x0_pred"][k], nrow)
+        pair = torch.cat([noisy, torch.ones(noisy.shape[0], 4), clean], dim=1)  # a white gap between the two
+        img = Image.fromarray((pair.numpy() * 255).round().astype(np.uint8), mode="L")
+        frames.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=[ms_per_frame] * (K - 1) + [hold_ms], loop=0)
+    return path
+
+
+def guided_samples(model, diffusion, digit: int = 3, guidance_scale: float = 3.0, n: int = 8, steps: int = 20,
+                   seed: int | None = None) -> Figure:
+    """n fresh samples of `digit` at `guidance_scale` (DDIM, `steps` steps): the guidance widget's callback."""
+    from .samplers import sample
+
+    if not 0 <= digit < (model.num_classes or 0):
+        return _error_figure(f"digit must be 0..{(model.num_classes or 1) - 1}, got {digit}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
+    images = sample(model, diffusion, (n, model.config.in_channels, model.config.image_size, model.config.image_size),
+                    num_steps=steps, y=digit, guidance_scale=guidance_scale, generator=generator, progress=False)
+    return show_images(images, nrow=n, title=f"digit {digit}, guidance scale s = {guidance_scale:g} (w = {guidance_scale - 1:g})")

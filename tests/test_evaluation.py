@@ -8,7 +8,7 @@ import torch
 from ddpm_utils.__main__ import main
 from ddpm_utils.checkpoints import save_checkpoint
 from ddpm_utils.diffusion import GaussianDiffusion
-from ddpm_utils.evaluation import Evaluator, format_table, frechet_distance, generate, nearest_distances
+from ddpm_utils.evaluation import Evaluator, format_table, frechet_distance, generate, nearest_distances, within_class_distance
 from ddpm_utils.unet import UNet, UNetConfig
 
 
@@ -53,6 +53,13 @@ def test_nearest_distances_brute_force():
     assert nearest_distances(reference[:5], reference).abs().max() < 1e-2  # an image's nearest is itself
 
 
+def test_within_class_distance_pairs_only_equal_labels():
+    images = torch.tensor([0.0, 3.0, 10.0, 14.0, 100.0]).view(5, 1, 1, 1)
+    labels = torch.tensor([0, 0, 1, 1, 2])  # label 2 has a single image: no pair
+    assert within_class_distance(images, labels) == pytest.approx((3 + 4) / 2)
+    assert math.isnan(within_class_distance(images[:2], torch.tensor([0, 1])))
+
+
 def test_real_digits_score_well_and_noise_scores_badly(evaluator):
     real = evaluator.score(evaluator.test_images, evaluator.test_labels)
     assert real["accuracy"] > 0.97 and real["confidence"] > 0.95 and sum(real["histogram"]) == 500
@@ -63,6 +70,7 @@ def test_real_digits_score_well_and_noise_scores_badly(evaluator):
     assert fake["accuracy"] < 0.3 and fake["fd"] > 10 * reference["fd"] and fake["nearest"] > 2 * fake["nearest_real"]
     copies = evaluator.score(evaluator.train_images[:50])  # memorised training digits are caught
     assert copies["nearest_real"] > 5  # real held-out digits are far from every training digit
+    assert 5 < real["diversity"] < 15 and fake["diversity"] > real["diversity"]
     assert copies["copies"] == 1.0 and copies["nearest"] < 0.05 and copies["accuracy"] is None
     with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
         evaluator.score(torch.zeros(4, 1, 32, 32))

@@ -81,3 +81,46 @@ def test_loss_figure_draws_raw_and_smoothed_losses():
     assert len(raw.get_xdata()) == 100 and len(smooth.get_xdata()) == 91
     np.testing.assert_allclose(smooth.get_ydata()[0], np.mean([1.0 / (i + 1) for i in range(10)]))
     assert not viz.loss_figure([]).axes[0].get_lines()  # before the first step: empty axes, no error
+
+
+def fake_trajectory(K=5, B=3):
+    g = torch.Generator().manual_seed(0)
+    return {"t": torch.arange(K - 1, -1, -1) * 10, "x_t": torch.rand(K, B, 1, 28, 28, generator=g) * 2 - 1,
+            "x0_pred": torch.rand(K, B, 1, 28, 28, generator=g) * 2 - 1}
+
+
+def test_trajectory_frame_and_strip_show_x_t_and_x0():
+    traj = fake_trajectory()
+    left, right = viz.trajectory_frame(traj, 1).axes
+    assert left.get_title() == "x_t at t = 30" and right.get_title() == "predicted x_0 at t = 30"
+    np.testing.assert_allclose(left.images[0].get_array()[1:29, 1:29], (traj["x_t"][1, 0, 0].numpy() + 1) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="k must be in 0..4"):
+        viz.trajectory_frame(traj, 5)
+    strip = viz.trajectory_strip(traj, index=2, num=3)
+    assert [ax.get_title() for ax in strip.axes[:3]] == ["t = 40", "t = 20", "t = 0"]
+    np.testing.assert_allclose(strip.axes[3].images[0].get_array()[1:29, 1:29], (traj["x0_pred"][0, 2, 0].numpy() + 1) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="return_trajectory"):
+        viz.trajectory_strip({"t": torch.zeros(2)})
+
+
+def test_save_gif_writes_one_frame_per_step(tmp_path):
+    from PIL import Image
+
+    traj = fake_trajectory(K=4, B=2)
+    path = viz.save_gif(traj, tmp_path / "sub" / "a.gif", nrow=2, scale=1)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 4 and gif.size == (2 * 59 + 4, 30)
+        gif.seek(3)
+        assert gif.info["duration"] == 1500  # the last frame is held
+
+
+def test_guided_samples_draws_the_digit_and_rejects_bad_ones():
+    from ddpm_utils.diffusion import GaussianDiffusion
+    from ddpm_utils.unet import UNet, UNetConfig
+
+    model, diffusion = UNet(UNetConfig.preset("tiny")).eval(), GaussianDiffusion.from_schedule("cosine", 20)
+    fig = viz.guided_samples(model, diffusion, digit=4, guidance_scale=2.0, n=3, steps=2, seed=0)
+    assert fig.axes[0].get_title() == "digit 4, guidance scale s = 2 (w = 1)"
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(),
+                                  viz.guided_samples(model, diffusion, 4, 2.0, n=3, steps=2, seed=0).axes[0].images[0].get_array())
+    assert "digit must be 0..9, got 12" in viz.guided_samples(model, diffusion, digit=12).texts[0].get_text()

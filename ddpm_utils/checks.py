@@ -1,0 +1,354 @@
+"""Friendly checks for the exercise notebooks (`notebooks/exercises/`, made by `python -m ddpm_utils exercises`).
+
+Each `check_*` runs the student's function on a few small cases and compares it with the
+library's reference. On success it prints one line. On failure it raises `CheckFailed`, saying
+which case failed, what was expected, what came back, and a hint. The hints are found by
+comparing the answer with the results of the usual mistakes (a missing square root, 1-based t,
+sin and cos swapped, ...): when the answer equals one of them, the hint names that mistake.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .diffusion import GaussianDiffusion, normal_kl
+from .embeddings import sinusoidal_embedding
+from .guidance import guided_eps
+from .samplers import ddim_step, ddpm_step
+from .schedules import cosine_betas, linear_betas
+from .unet import ResBlock
+
+
+class CheckFailed(AssertionError):
+    """A check found a wrong answer; the message explains what and why."""
+
+
+def _show(v) -> str:
+    if isinstance(v, torch.Tensor):
+        if v.numel() <= 6:
+            return f"tensor {[round(x, 5) for x in v.flatten().tolist()]} (shape {tuple(v.shape)})"
+        first = [round(x, 5) for x in v.flatten()[:4].tolist()]
+        return f"tensor of shape {tuple(v.shape)}, mean {v.float().mean().item():.5f}, first values {first}"
+    return repr(v)
+
+
+def _close(a, b, atol: float, rtol: float) -> bool:
+    try:
+        a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return a.shape == b.shape and bool(torch.allclose(a, b, atol=atol, rtol=rtol))
+
+
+def _call(name: str, case: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:  # a stub: keep the error type, so "run all" stops at the first unwritten exercise
+        raise NotImplementedError(f"{name}: not written yet. Replace `raise NotImplementedError` with your code.") from None
+    except Exception as e:  # the student's code crashed: say where, keep the original error attached
+        raise CheckFailed(f"{name}, case {case}: your code raised {type(e).__name__}: {e}\n"
+                          "hint: check the shapes; per-timestep values of shape (B,) must become (B, 1, 1, 1) "
+                          "to broadcast against images (B, C, H, W).") from e
+
+
+def _compare(name: str, case: str, got, expected, mistakes: dict | None = None, general_hint: str = "",
+             atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """Raise CheckFailed unless got == expected; name a mistake whose result equals `got`."""
+    if got is None:
+        raise CheckFailed(f"{name}, case {case}: your function returned None. Did you forget `return`?")
+    if _close(got, expected, atol, rtol):
+        return
+    message = f"{name}, case {case}:\n  expected: {_show(expected)}\n  got:      {_show(got)}"
+    exp_shape, got_shape = tuple(torch.as_tensor(expected).shape), tuple(getattr(got, "shape", ()))
+    if isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor) and exp_shape != got_shape:
+        message += (f"\n  hint: the shape is wrong ({got_shape} instead of {exp_shape}). A (B,) vector of per-timestep "
+                    "values broadcasts wrongly against (B, C, H, W) images; reshape it to (B, 1, 1, 1).")
+        raise CheckFailed(message)
+    for hint, wrong in (mistakes or {}).items():
+        if _close(got, wrong, atol, rtol):
+            raise CheckFailed(f"{message}\n  hint: {hint}")
+    raise CheckFailed(f"{message}\n  hint: {general_hint or 'compare your formula with the one in the text above, term by term.'}")
+
+
+def _done(name: str, n: int) -> None:
+    print(f"✓ {name}: all {n} cases agree with the library. Well done!")
+
+
+# ---- notebook 01 -----------------------------------------------------------------------------
+
+def check_log_normal(log_normal) -> None:
+    """`log_normal(x, mean, var)`: log N(x; mean, var), elementwise (var is a variance)."""
+    x = torch.tensor([-1.0, 0.0, 0.5, 3.0], dtype=torch.float64)
+    cases = [(0.0, 1.0), (2.0, 0.25), (-1.0, 4.0)]
+    for mean, var in cases:
+        got = _call("log_normal", f"mean = {mean}, var = {var}", log_normal, x, mean, var)
+        expected = torch.distributions.Normal(mean, math.sqrt(var)).log_prob(x)
+        mistakes = {
+            "var is a variance; you used it as a standard deviation.": torch.distributions.Normal(mean, var).log_prob(x),
+            "the normalising constant is -0.5 * log(2 pi var).": expected + 0.5 * math.log(2 * math.pi),
+            "the whole bracket is multiplied by -1/2, including (x - mean)^2 / var.":
+                -0.5 * (math.log(2 * math.pi) + math.log(var)) - (x - mean) ** 2 / var,
+        }
+        _compare("log_normal", f"x = {x.tolist()}, mean = {mean}, var = {var}", got, expected, mistakes)
+    _done("log_normal", len(cases))
+
+
+def check_kl_gauss(kl_gauss) -> None:
+    """`kl_gauss(mq, sq, mp, sp)`: KL( N(mq, sq^2) || N(mp, sp^2) ) for floats (sq, sp: standard deviations)."""
+    cases = [(0.0, 1.0, 0.0, 1.0), (0.5, 0.8, -0.3, 1.3), (2.0, 0.3, 0.0, 1.0), (-1.0, 2.0, 1.0, 0.5)]
+    for mq, sq, mp, sp in cases:
+        expected = normal_kl(*(torch.tensor(v, dtype=torch.float64) for v in (mq, math.log(sq**2), mp, math.log(sp**2)))).item()
+        got = _call("kl_gauss", f"({mq}, {sq}, {mp}, {sp})", kl_gauss, mq, sq, mp, sp)
+        mistakes = {
+            "you computed KL(p || q): swap the roles of the two Gaussians.":
+                math.log(sq / sp) + (sp**2 + (mp - mq) ** 2) / (2 * sq**2) - 0.5,
+            "sq and sp are standard deviations: square them where the formula has variances.":
+                math.log(sp / sq) + (sq + (mq - mp) ** 2) / (2 * sp) - 0.5,
+            "the log term is log(sp / sq), not log(sp^2 / sq^2) (or: it is missing).":
+                2 * math.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2) - 0.5,
+            "don't forget the constant -1/2.": math.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2),
+        }
+        _compare("kl_gauss", f"(mq, sq, mp, sp) = ({mq}, {sq}, {mp}, {sp})", got, expected, mistakes, atol=1e-9)
+    _done("kl_gauss", len(cases))
+
+
+# ---- notebook 02 -----------------------------------------------------------------------------
+
+def _images(seed: int, b: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 1, 4, 4, generator=g) * 2 - 1, torch.randn(b, 1, 4, 4, generator=g)
+
+
+def check_q_sample(q_sample) -> None:
+    """`q_sample(x0, t, noise, alphas_cumprod)`: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, t of shape (B,)."""
+    diffusion = GaussianDiffusion(linear_betas(100))
+    abar = diffusion.alphas_cumprod
+    cases = [torch.tensor([0, 50, 99]), torch.tensor([10, 10, 10]), torch.tensor([99, 0, 1])]
+    for i, t in enumerate(cases):
+        x0, noise = _images(i)
+        got = _call("q_sample", f"t = {t.tolist()}", q_sample, x0, t, noise, abar)
+        a = abar[t].view(-1, 1, 1, 1)
+        shifted = abar[(t - 1).clamp(min=0)].view(-1, 1, 1, 1)
+        mistakes = {
+            "take square roots: x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise.": a * x0 + (1 - a) * noise,
+            "sqrt(abar_t) multiplies x0 and sqrt(1 - abar_t) the noise, not the other way round.":
+                (1 - a).sqrt() * x0 + a.sqrt() * noise,
+            "code t is already 0-based (alphas_cumprod[t] is the paper's abar_{t+1}); do not subtract 1.":
+                shifted.sqrt() * x0 + (1 - shifted).sqrt() * noise,
+        }
+        _compare("q_sample", f"t = {t.tolist()}", got, diffusion.q_sample(x0, t, noise), mistakes)
+    _done("q_sample", len(cases))
+
+
+def check_cosine_betas(cosine_betas_fn) -> None:
+    """`cosine_betas_fn(T, s=0.008, max_beta=0.999)`: the cosine schedule's betas (T,)."""
+    cases = [(10, 0.008), (1000, 0.008), (50, 0.02)]
+    for T, s in cases:
+        got = _call("cosine_betas", f"T = {T}", cosine_betas_fn, T, s)
+        t = torch.arange(T + 1, dtype=torch.float64)
+        cos = torch.cos((t / T + s) / (1 + s) * math.pi / 2)
+        f = cos**2
+        unclipped = 1 - f[1:] / f[:-1]
+        mistakes = {
+            "clip the betas at max_beta = 0.999: the last one is 1 without it, and the last step divides by zero.": unclipped,
+            "the cosine is squared: f(t) = cos(...)^2.":
+(1 - cos[1:] / cos[:-1]).clamp(max=0.999),
+            "abar(t) is f(t) / f(0), evaluated at t = 0..T (T + 1 points); beta_t = 1 - abar(t) / abar(t - 1).":
+                (1 - f[1:] / f[0]).clamp(max=0.999),
+        }
+        _compare("cosine_betas", f"T = {T}, s = {s}", got, cosine_betas(T, s), mistakes, atol=1e-6)
+    _done("cosine_betas", len(cases))
+
+
+def check_posterior_coefficients(posterior_coefficients) -> None:
+    """`posterior_coefficients(betas) -> (coef1, coef2, variance)`, each (T,): the posterior
+    q(x_{t-1} | x_t, x_0) has mean coef1 * x_0 + coef2 * x_t and variance `variance`."""
+    cases = [linear_betas(10), cosine_betas(20), linear_betas(1000)]
+    for betas in cases:
+        T = len(betas)
+        got = _call("posterior_coefficients", f"T = {T}", posterior_coefficients, betas)
+        if not (isinstance(got, tuple | list) and len(got) == 3):
+            raise CheckFailed(f"posterior_coefficients, T = {T}: return a tuple (coef1, coef2, variance), got {_show(got)}")
+        d = GaussianDiffusion(betas)
+        abar = torch.cumprod(1 - betas, 0)
+        for name, value, expected in zip(("coef1", "coef2", "variance"), got,
+                                         (d.posterior_mean_coef1, d.posterior_mean_coef2, d.posterior_variance), strict=True):
+            mistakes = {
+                "coef1 uses abar_{t-1} (alphas_cumprod_prev, with abar_0 = 1), not abar_t.": abar.sqrt() * betas / (1 - abar),
+                "coef2 has sqrt(alpha_t), not alpha_t.": (1 - betas) * (1 - _prev(abar)) / (1 - abar),
+                "the variance is beta_t (1 - abar_{t-1}) / (1 - abar_t); you returned beta_t.": betas,
+                "abar_{t-1} at the first step is 1 (nothing has been noised yet): prepend a 1, do not roll.":
+                    {"coef1": torch.roll(abar, 1).sqrt() * betas / (1 - abar),
+                     "coef2": (1 - betas).sqrt() * (1 - torch.roll(abar, 1)) / (1 - abar),
+                     "variance": betas * (1 - torch.roll(abar, 1)) / (1 - abar)}[name],
+            }
+            _compare("posterior_coefficients", f"{name}, T = {T}", value, expected.double(), mistakes, atol=1e-6)
+    _done("posterior_coefficients", len(cases))
+
+
+def _prev(abar: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+
+
+# ---- notebook 03 -----------------------------------------------------------------------------
+
+def check_sinusoidal_embedding(embed) -> None:
+    """`embed(t, dim, max_period=10000)`: (B, dim) = cat([sin(t w), cos(t w)]), w_i = max_period^(-i / half)."""
+    cases = [(torch.tensor([0, 1, 10]), 8, 10000), (torch.tensor([999, 500]), 64, 10000), (torch.tensor([3, 7]), 16, 100)]
+    for t, dim, max_period in cases:
+        got = _call("embed", f"t = {t.tolist()}, dim = {dim}", embed, t, dim, max_period)
+        half = dim // 2
+        args = t.double()[:, None] * max_period ** (-torch.arange(half, dtype=torch.float64) / half)
+        mistakes = {
+            "sin comes first, then cos: cat([sin, cos]).": torch.cat([args.cos(), args.sin()], -1),
+            "this is the interleaved layout (sin, cos, sin, cos, ...); the course concatenates: cat([sin, cos], dim=-1).":
+                torch.stack([args.sin(), args.cos()], -1).flatten(1),
+            "the exponent is -i / half (half = dim // 2), not -i / dim.":
+                torch.cat([(t.double()[:, None] * max_period ** (-torch.arange(half) / dim)).sin(),
+                           (t.double()[:, None] * max_period ** (-torch.arange(half) / dim)).cos()], -1),
+        }
+        _compare("embed", f"t = {t.tolist()}, dim = {dim}, max_period = {max_period}", got,
+                 sinusoidal_embedding(t, dim, max_period), mistakes, atol=2e-4)  # float32 rounding of t * w
+    _done("embed", len(cases))
+
+
+# ---- notebook 04 -----------------------------------------------------------------------------
+
+def check_res_block(block_class) -> None:
+    """`block_class(in_ch, out_ch, emb_dim, groups)` with the library ResBlock's parameter names;
+    forward(x, emb) must equal ResBlock's (in eval mode) for the same weights."""
+    cases = [(8, 16, 32), (16, 16, 8)]
+    for in_ch, out_ch, emb_dim in cases:
+        case = f"in_ch={in_ch}, out_ch={out_ch}, emb_dim={emb_dim}"
+        torch.manual_seed(0)
+        mine = _call("residual block", case, block_class, in_ch, out_ch, emb_dim, groups=4)
+        library = ResBlock(in_ch, out_ch, emb_dim, dropout=0.0, groups=4).eval()
+        try:
+            library.load_state_dict(mine.state_dict())
+        except RuntimeError as e:
+            raise CheckFailed(f"residual block, {case}: its parameters differ from the library's ResBlock "
+                              f"(norm1, conv1, emb_proj, norm2, conv2, skip): {e}") from None
+        mine.eval()
+        g = torch.Generator().manual_seed(1)
+        x, emb = torch.randn(2, in_ch, 6, 6, generator=g), torch.randn(2, emb_dim, generator=g)
+        with torch.no_grad():
+            got = _call("residual block", case, mine, x, emb)
+            h = library.conv1(F.silu(library.norm1(x)))
+            tail = lambda h, block=library: block.conv2(F.silu(block.norm2(h)))  # noqa: E731
+            mistakes = {
+                "the time embedding is not used: add emb_proj(silu(emb)) to h, one value per channel ([:, :, None, None]).":
+                    tail(h) + library.skip(x),
+                "the residual connection is missing: return h + skip(x).": tail(h + library.emb_proj(F.silu(emb))[:, :, None, None]),
+                "apply SiLU to the embedding before the projection: emb_proj(silu(emb)).":
+                    tail(h + library.emb_proj(emb)[:, :, None, None]) + library.skip(x),
+            }
+            _compare("residual block", case, got, library(x, emb), mistakes)
+    _done("residual block", len(cases))
+
+
+# ---- notebook 05 -----------------------------------------------------------------------------
+
+class _Probe(torch.nn.Module):
+    """A fixed, t-dependent stand-in network, so the loss has a known value."""
+
+    num_classes = 10
+
+    def forward(self, x, t, y=None):
+        return 0.5 * x + 0.001 * t.view(-1, 1, 1, 1) + (0 if y is None else 0.01 * y.view(-1, 1, 1, 1))
+
+
+def check_training_loss(loss_fn) -> None:
+    """`loss_fn(model, x0, y, t, noise, alphas_cumprod)`: mean of (noise - model(x_t, t, y))^2."""
+    diffusion = GaussianDiffusion(linear_betas(100))
+    abar, model = diffusion.alphas_cumprod, _Probe()
+    cases = [torch.tensor([0, 50, 99]), torch.tensor([20, 20, 70])]
+    for i, t in enumerate(cases):
+        x0, noise = _images(10 + i)
+        y = torch.tensor([1, 5, 9])
+        got = _call("training loss", f"t = {t.tolist()}", loss_fn, model, x0, y, t, noise, abar)
+        x_t = diffusion.q_sample(x0, t, noise)
+        a = abar[t].view(-1, 1, 1, 1)
+        mistakes = {
+            "the target is the noise, not x0: mean((noise - model(x_t, t, y))^2).": ((x0 - model(x_t, t, y)) ** 2).mean(),
+            "take the mean over all elements, not the sum.": ((noise - model(x_t, t, y)) ** 2).sum(),
+            "x_t needs square roots: sqrt(abar_t) x0 + sqrt(1 - abar_t) noise.":
+                ((noise - model(a * x0 + (1 - a) * noise, t, y)) ** 2).mean(),
+            "square the error (mean squared error), do not take its absolute value.": (noise - model(x_t, t, y)).abs().mean(),
+        }
+        _compare("training loss", f"t = {t.tolist()}", got, diffusion.training_loss(model, x0, y, t=t, noise=noise), mistakes)
+    _done("training loss", len(cases))
+
+
+# ---- notebook 06 -----------------------------------------------------------------------------
+
+def check_ancestral_step(step_fn) -> None:
+    """`step_fn(diffusion, x_t, eps, t, z)` with int t: x_{t-1} = posterior mean at the clipped
+    predicted x0, plus sqrt(beta_t) z (no noise at t = 0)."""
+    diffusion = GaussianDiffusion(cosine_betas(100))
+    cases = [99, 50, 1, 0]
+    for i, t in enumerate(cases):
+        x_t, eps = _images(20 + i)
+        x_t, z = x_t * 2, torch.randn(x_t.shape, generator=torch.Generator().manual_seed(i))
+        got = _call("ancestral step", f"t = {t}", step_fn, diffusion, x_t, eps, t, z)
+        tt = torch.full((x_t.shape[0],), t)
+        expected, _ = ddpm_step(diffusion, eps, tt, x_t, z, variance="beta", clip_x0=True)
+        unclipped, _ = ddpm_step(diffusion, eps, tt, x_t, z, variance="beta", clip_x0=False)
+        tilde, _ = ddpm_step(diffusion, eps, tt, x_t, z, variance="posterior", clip_x0=True)
+        mean, _ = ddpm_step(diffusion, eps, tt, x_t, torch.zeros_like(z), variance="beta", clip_x0=True)
+        mistakes = {"clip the predicted x0 to [-1, 1] before forming the mean.": unclipped,
+                    "this exercise uses sigma_t^2 = beta_t, not the posterior variance beta-tilde_t.": tilde}
+        if t == 0:
+            mistakes["no noise at the last step (t = 0): return the mean."] = mean + diffusion.betas[0].sqrt() * z
+        else:
+            mistakes["add sigma_t z with sigma_t = sqrt(beta_t) at every step but the last."] = mean
+            mistakes["sigma_t is the square root of beta_t."] = mean + diffusion.betas[t] * z
+        _compare("ancestral step", f"t = {t}", got, expected, mistakes)
+    _done("ancestral step", len(cases))
+
+
+def check_ddim_step(step_fn) -> None:
+    """`step_fn(diffusion, x_t, eps, t, t_prev, eta, z)` with ints 0 <= t_prev < t: Eq. 12 of DDIM."""
+    diffusion = GaussianDiffusion(cosine_betas(100))
+    cases = [(99, 79, 0.0), (60, 40, 0.5), (30, 0, 1.0)]
+    for i, (t, s, eta) in enumerate(cases):
+        x_t, eps = _images(30 + i)
+        z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(i))
+        got = _call("DDIM step", f"t = {t}, t_prev = {s}, eta = {eta}", step_fn, diffusion, x_t, eps, t, s, eta, z)
+        B = x_t.shape[0]
+        expected, x0 = ddim_step(diffusion, eps, torch.full((B,), t), torch.full((B,), s), x_t, eta=eta, noise=z)
+        a_s, a_t = diffusion.alphas_cumprod[s], diffusion.alphas_cumprod[t]
+        sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)).sqrt()
+        mistakes = {
+            "sigma^2 must come out of the direction term: sqrt(1 - abar_prev - sigma^2) * eps.":
+                a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps + sigma * z,
+            "sigma is eta times the square root of (1 - abar_prev)/(1 - abar_t) * (1 - abar_t/abar_prev).":
+                a_s.sqrt() * x0 + (1 - a_s - sigma**2 / eta**2).clamp(min=0).sqrt() * eps + sigma / max(eta, 1e-12) * z,
+            "the first term is sqrt(abar_prev) times the predicted x0, not x_t.":
+                a_s.sqrt() * x_t + (1 - a_s - sigma**2).sqrt() * eps + sigma * z,
+        }
+        _compare("DDIM step", f"t = {t}, t_prev = {s}, eta = {eta}", got, expected, mistakes)
+    _done("DDIM step", len(cases))
+
+
+# ---- notebook 07 -----------------------------------------------------------------------------
+
+def check_guided_eps(guided_fn) -> None:
+    """`guided_fn(model, x, t, y, s, null_label)`: eps_uncond + s * (eps_cond - eps_uncond)."""
+    model = _Probe()
+    cases = [0.0, 1.0, 3.0, 7.5]
+    x, _ = _images(40)
+    t, y = torch.tensor([10, 50, 90]), torch.tensor([2, 4, 6])
+    for s in cases:
+        got = _call("guided eps", f"s = {s}", guided_fn, model, x, t, y, s, 10)
+        cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, 10))
+        mistakes = {
+            "start from the unconditional prediction: eps_u + s * (eps_c - eps_u).": cond + s * (cond - uncond),
+            "the difference points from unconditional to conditional: (eps_c - eps_u), not (eps_u - eps_c).":
+                uncond + s * (uncond - cond),
+            "the unconditional prediction uses the null label (null_label), for every image.": cond,
+        }
+        _compare("guided eps", f"s = {s}", got, guided_eps(model, x, t, y, s, 10), mistakes)
+    _done("guided eps", len(cases))
