@@ -249,7 +249,45 @@ def check_res_block(block_class) -> None:
     _done("residual block", len(cases))
 
 
+def check_group_norm(group_norm) -> None:
+    """`group_norm(x, num_groups, eps=1e-5)`: normalise each sample's groups of channels to mean 0,
+    variance 1 (no learnable scale or shift), as F.group_norm does."""
+    g = torch.Generator().manual_seed(5)
+    cases = [(torch.randn(2, 8, 5, 5, generator=g) * 3 + 1, 4), (torch.randn(3, 6, 4, 4, generator=g), 2),
+             (torch.randn(2, 4, 3, 3, generator=g) * 0.1, 4)]
+    for x, groups in cases:
+        case = f"x of shape {tuple(x.shape)}, {groups} groups"
+        got = _call("group_norm", case, group_norm, x, groups)
+        B = x.shape[0]
+        per_group = x.reshape(B, groups, -1)
+        centred, biased_var = per_group - per_group.mean(-1, keepdim=True), per_group.var(-1, unbiased=False, keepdim=True)
+        mistakes = {
+            "statistics are per sample and group, not over the whole batch (that is BatchNorm's idea).":
+                (x - x.mean(dim=(0, 2, 3), keepdim=True)) / (x.var(dim=(0, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt(),
+            "each group spans C / num_groups channels; you normalised every channel on its own (InstanceNorm).":
+                (x - x.mean(dim=(2, 3), keepdim=True)) / (x.var(dim=(2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt(),
+            "use the biased variance (unbiased=False), as normalisation layers do.":
+                (centred / (per_group.var(-1, keepdim=True) + 1e-5).sqrt()).reshape(x.shape),
+            "divide by the standard deviation, sqrt(var + eps), not by the variance.":
+                (centred / (biased_var + 1e-5)).reshape(x.shape),
+        }
+        _compare("group_norm", case, got, F.group_norm(x, groups, eps=1e-5), mistakes, atol=1e-4)
+    _done("group_norm", len(cases))
+
+
 # ---- notebook 05 -----------------------------------------------------------------------------
+
+def check_ema_step(ema_step) -> None:
+    """`ema_step(ema, weights, decay)`: the new EMA value decay * ema + (1 - decay) * weights."""
+    g = torch.Generator().manual_seed(6)
+    cases = [0.9, 0.999, 0.0]
+    for decay in cases:
+        ema, weights = torch.randn(5, generator=g), torch.randn(5, generator=g)
+        got = _call("ema_step", f"decay = {decay}", ema_step, ema.clone(), weights.clone(), decay)
+        mistakes = {"the decay multiplies the old average, (1 - decay) the new weights.": decay * weights + (1 - decay) * ema}
+        _compare("ema_step", f"decay = {decay}", got, decay * ema + (1 - decay) * weights, mistakes)
+    _done("ema_step", len(cases))
+
 
 class _Probe(torch.nn.Module):
     """A fixed, t-dependent stand-in network, so the loss has a known value."""
@@ -334,6 +372,27 @@ def check_ddim_step(step_fn) -> None:
 
 
 # ---- notebook 07 -----------------------------------------------------------------------------
+
+def check_drop_labels(drop_labels) -> None:
+    """`drop_labels(y, p_uncond, null_label)`: each label replaced by `null_label` with probability p_uncond."""
+    n = 20_000
+    y = torch.arange(n) % 10
+    for p in (0.0, 0.1, 0.5, 1.0):
+        got = _call("drop_labels", f"p_uncond = {p}", drop_labels, y.clone(), p, 10)
+        if not isinstance(got, torch.Tensor) or got.shape != y.shape:
+            raise CheckFailed(f"drop_labels, p_uncond = {p}: return labels of shape {tuple(y.shape)}, got {_show(got)}")
+        dropped = got != y
+        if not bool((got[dropped] == 10).all()):
+            raise CheckFailed(f"drop_labels, p_uncond = {p}: a dropped label must become the null label 10, got "
+                              f"{sorted(set(got[dropped].tolist()))[:5]}.\n  hint: torch.where(drop, null_label, y).")
+        share, tolerance = dropped.float().mean().item(), 5 * math.sqrt(p * (1 - p) / n) + 1e-9
+        if abs(share - p) > tolerance:
+            hint = ("you dropped with probability 1 - p_uncond: drop where rand < p_uncond." if abs(share - (1 - p)) <= tolerance
+                    else "draw one uniform number per label and drop where it is < p_uncond.")
+            raise CheckFailed(f"drop_labels, p_uncond = {p}:\n  expected: about {p:.0%} of {n} labels dropped\n"
+                              f"  got:      {share:.1%}\n  hint: {hint}")
+    _done("drop_labels", 4)
+
 
 def check_guided_eps(guided_fn) -> None:
     """`guided_fn(model, x, t, y, s, null_label)`: eps_uncond + s * (eps_cond - eps_uncond)."""

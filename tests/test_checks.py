@@ -119,6 +119,20 @@ def guided(model, x, t, y, s, null_label, from_cond=False):
     return (eps_c if from_cond else eps_u) + s * (eps_c - eps_u)
 
 
+def group_norm(x, num_groups, eps=1e-5, unbiased=False):
+    g = x.reshape(x.shape[0], num_groups, -1)
+    return ((g - g.mean(-1, keepdim=True)) / (g.var(-1, unbiased=unbiased, keepdim=True) + eps).sqrt()).reshape(x.shape)
+
+
+def ema_step(ema, weights, decay, swapped=False):
+    return decay * weights + (1 - decay) * ema if swapped else decay * ema + (1 - decay) * weights
+
+
+def drop_labels(y, p_uncond, null_label, inverted=False):
+    drop = torch.rand(y.shape, generator=torch.Generator().manual_seed(0)) < p_uncond
+    return torch.where(~drop if inverted else drop, torch.full_like(y, null_label), y)
+
+
 CASES = [  # (check, correct implementation, realistic mistake, words the hint must contain)
     (checks.check_log_normal, log_normal, log_normal_std, "standard deviation"),
     (checks.check_kl_gauss, kl_gauss, kl_reversed, "KL(p || q)"),
@@ -129,6 +143,10 @@ CASES = [  # (check, correct implementation, realistic mistake, words the hint m
     (checks.check_posterior_coefficients, posterior, lambda b: posterior(b, prev_is_roll=True), "prepend a 1"),
     (checks.check_sinusoidal_embedding, embed, lambda t, dim, mp=10000: embed(t, dim, mp, cos_first=True), "sin comes first"),
     (checks.check_res_block, Block, BlockWithoutTime, "time embedding is not used"),
+    (checks.check_group_norm, group_norm, lambda x, g, eps=1e-5: group_norm(x, g, eps, unbiased=True), "biased variance"),
+    (checks.check_ema_step, ema_step, lambda *a: ema_step(*a, swapped=True), "decay multiplies the old average"),
+    (checks.check_drop_labels, drop_labels, lambda *a: drop_labels(*a, inverted=True), "probability 1 - p_uncond"),
+    (checks.check_drop_labels, drop_labels, lambda y, p, n: torch.where(torch.rand(y.shape) < p, 0, y), "null label 10"),
     (checks.check_training_loss, loss, lambda *a: loss(*a, target_x0=True), "target is the noise"),
     (checks.check_ancestral_step, ancestral, lambda *a: ancestral(*a, clip=False), "clip the predicted x0"),
     (checks.check_ancestral_step, ancestral, lambda *a: ancestral(*a, noise_at_zero=True), "no noise at the last step"),

@@ -13,7 +13,8 @@ from ddpm_utils.notebook import NOTEBOOKS, colab_url
 
 EXERCISE_NOTEBOOKS = sorted(EXERCISES.glob("[0-9][0-9]_*.ipynb"))
 REQUIRED = ["def log_normal", "def kl_gauss", "def q_sample", "def my_cosine_betas", "def posterior_coefficients", "def embed",
-            "class MyResBlock", "def my_loss", "def ancestral_step", "def my_ddim_step", "def my_guided_eps"]
+            "class MyResBlock", "def my_group_norm", "def ema_step", "def my_loss", "def ancestral_step", "def my_ddim_step",
+            "def drop_labels", "def my_guided_eps"]
 
 
 def test_strip_solutions_keeps_indentation_and_rejects_unbalanced_blocks():
@@ -55,6 +56,7 @@ def test_exercise_notebook_has_stubs_no_solutions_and_its_own_badge(path):
     header = "".join(nb["cells"][0]["source"])
     assert f"]({colab_url('exercises/' + path.name)})" in header and "(exercises)" in header.splitlines()[0]
     assert f"](../{path.name})" in header  # points to the solution
+    assert colab_url("exercises/" + path.name) in (NOTEBOOKS.parent / "README.md").read_text()
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
 
 
