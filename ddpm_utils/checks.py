@@ -215,6 +215,31 @@ def check_sinusoidal_embedding(embed) -> None:
     _done("embed", len(cases))
 
 
+def _rotation(k, dim, max_period=10000):
+    half = dim // 2
+    angle = k * max_period ** (-torch.arange(half, dtype=torch.float64) / half)
+    cos, sin = torch.diag(angle.cos()), torch.diag(angle.sin())
+    return torch.cat([torch.cat([cos, sin], 1), torch.cat([-sin, cos], 1)], 0)
+
+
+def check_rotation(rotation) -> None:
+    """`rotation(k, dim, max_period=10000)`: the (dim, dim) matrix R_k with emb(t + k) = R_k emb(t) for every t."""
+    cases = [(1, 8, 10000), (25, 32, 10000), (7, 16, 100)]
+    for k, dim, max_period in cases:
+        got = _call("rotation", f"k = {k}, dim = {dim}", rotation, k, dim, max_period)
+        t = torch.arange(0, 50)
+        emb = sinusoidal_embedding(t, dim, max_period).double()
+        if isinstance(got, torch.Tensor) and got.shape == (dim, dim):
+            shifted = sinusoidal_embedding(t + k, dim, max_period).double()
+            if torch.allclose(emb @ got.double().T, shifted, atol=1e-4):
+                continue  # any matrix with the property is right
+        mistakes = {"this rotates backwards (by -k): the sin blocks have the wrong signs.": _rotation(-k, dim, max_period),
+                    "the angle of frequency i is k * w_i; you left out k.": _rotation(1, dim, max_period)}
+        _compare("rotation", f"k = {k}, dim = {dim}, max_period = {max_period}", got, _rotation(k, dim, max_period), mistakes,
+                 general_hint="R_k acts on [sin | cos]: top rows [diag(cos kw), diag(sin kw)], bottom [-diag(sin kw), diag(cos kw)].")
+    _done("rotation", len(cases))
+
+
 # ---- notebook 04 -----------------------------------------------------------------------------
 
 def check_res_block(block_class) -> None:

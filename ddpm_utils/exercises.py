@@ -70,9 +70,12 @@ def _dumps(nb: dict) -> str:
 
 def generate(src: Path = NOTEBOOKS, out: Path = EXERCISES) -> list[Path]:
     """Write the exercise version of every lesson notebook that has solution blocks; remove stale ones."""
+    lessons = sorted(Path(src).glob("[0-9][0-9]_*.ipynb"))
+    if not lessons:
+        raise FileNotFoundError(f"no lesson notebooks (NN_*.ipynb) in {src}; run this from a clone of the course repository")
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in sorted(Path(src).glob("[0-9][0-9]_*.ipynb")):
+    for path in lessons:
         text = path.read_text(encoding="utf-8")
         if BEGIN not in text:
             continue

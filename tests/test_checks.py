@@ -133,6 +133,13 @@ def drop_labels(y, p_uncond, null_label, inverted=False):
     return torch.where(~drop if inverted else drop, torch.full_like(y, null_label), y)
 
 
+def rotation(k, dim, max_period=10000, sign=1):
+    half = dim // 2
+    angle = sign * k * max_period ** (-torch.arange(half, dtype=torch.float64) / half)
+    cos, sin = torch.diag(angle.cos()), torch.diag(angle.sin())
+    return torch.cat([torch.cat([cos, sin], 1), torch.cat([-sin, cos], 1)], 0)
+
+
 CASES = [  # (check, correct implementation, realistic mistake, words the hint must contain)
     (checks.check_log_normal, log_normal, log_normal_std, "standard deviation"),
     (checks.check_kl_gauss, kl_gauss, kl_reversed, "KL(p || q)"),
@@ -142,6 +149,7 @@ CASES = [  # (check, correct implementation, realistic mistake, words the hint m
     (checks.check_cosine_betas, cosine, lambda T, s=0.008, max_beta=0.999: cosine(T, s, clip=False), "clip the betas"),
     (checks.check_posterior_coefficients, posterior, lambda b: posterior(b, prev_is_roll=True), "prepend a 1"),
     (checks.check_sinusoidal_embedding, embed, lambda t, dim, mp=10000: embed(t, dim, mp, cos_first=True), "sin comes first"),
+    (checks.check_rotation, rotation, lambda k, d, mp=10000: rotation(k, d, mp, sign=-1), "rotates backwards"),
     (checks.check_res_block, Block, BlockWithoutTime, "time embedding is not used"),
     (checks.check_group_norm, group_norm, lambda x, g, eps=1e-5: group_norm(x, g, eps, unbiased=True), "biased variance"),
     (checks.check_ema_step, ema_step, lambda *a: ema_step(*a, swapped=True), "decay multiplies the old average"),

@@ -13,8 +13,8 @@ from ddpm_utils.notebook import NOTEBOOKS, colab_url
 
 EXERCISE_NOTEBOOKS = sorted(EXERCISES.glob("[0-9][0-9]_*.ipynb"))
 REQUIRED = ["def log_normal", "def kl_gauss", "def q_sample", "def my_cosine_betas", "def posterior_coefficients", "def embed",
-            "class MyResBlock", "def my_group_norm", "def ema_step", "def my_loss", "def ancestral_step", "def my_ddim_step",
-            "def drop_labels", "def my_guided_eps"]
+            "def rotation", "class MyResBlock", "def my_group_norm", "def ema_step", "def my_loss", "def ancestral_step",
+            "def my_ddim_step", "def drop_labels", "def my_guided_eps"]
 
 
 def test_strip_solutions_keeps_indentation_and_rejects_unbalanced_blocks():
@@ -87,6 +87,9 @@ def test_cli_exercises_writes_the_folder(monkeypatch, tmp_path, capsys):
     assert main(["exercises"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in EXERCISE_NOTEBOOKS]
     assert capsys.readouterr().out.count("wrote ") == 7
+    monkeypatch.setattr(exercises.generate, "__defaults__", (tmp_path / "nowhere", tmp_path))
+    assert main(["exercises"]) == 2
+    assert "no lesson notebooks" in capsys.readouterr().err
 
 
 def test_make_exercise_leaves_the_solution_untouched():
