@@ -20,6 +20,7 @@ from .data import load_mnist
 from .diffusion import GaussianDiffusion
 from .samplers import respace, sample
 from .schedules import SCHEDULES, make_betas
+from .training import sample_grid
 
 GUIDANCE_SCALES = (0, 1, 2, 3, 5, 7)
 
@@ -63,6 +64,17 @@ def guidance_grid(model, diffusion, steps: int = 50, scales=GUIDANCE_SCALES, see
     return torch.stack(columns, 1).flatten(0, 1)  # (10, n, ...) -> row-major grid
 
 
+def guidance_figure(grid: torch.Tensor, scales=GUIDANCE_SCALES):
+    """The guidance grid of `guidance_grid`, labelled with the digits (rows) and the scales (columns)."""
+    fig = viz.show_images(grid, nrow=len(scales), scale=1.0)
+    ax = fig.axes[0]
+    ax.set_axis_on()
+    ax.set_xticks(29 * np.arange(len(scales)) + 15, [f"s = {s}" for s in scales])
+    ax.set_yticks(29 * np.arange(10) + 15, [str(k) for k in range(10)])
+    ax.tick_params(length=0)
+    return fig
+
+
 def make_figures(out="images", steps: int = 50, gif_steps: int = 50, device="cpu") -> list[Path]:
     """Write every README figure into `out`; returns the paths."""
     out = Path(out)
@@ -76,18 +88,10 @@ def make_figures(out="images", steps: int = 50, gif_steps: int = 50, device="cpu
 
     save(schedules_figure(), "schedules.png")
     save(forward_figure(load_mnist(train=False, source="bundled")[7][0]), "forward.png")
-    y = torch.arange(10).repeat_interleave(10)
-    images = sample(model, diffusion, (100, 1, 28, 28), num_steps=steps, y=y, guidance_scale=3.0,
-                    generator=torch.Generator().manual_seed(0), progress=False)
+    images = sample_grid(model, diffusion, steps)
     save(viz.show_images(images, nrow=10, title=f"Samples of the bundled model (guidance scale 3, {steps} DDIM steps)"), "samples.png")
-    grid = guidance_grid(model, diffusion, steps)
-    fig = viz.show_images(grid, nrow=len(GUIDANCE_SCALES), scale=1.0)
-    ax = fig.axes[0]
-    ax.set_axis_on()
-    ax.set_xticks(29 * np.arange(len(GUIDANCE_SCALES)) + 15, [f"s = {s}" for s in GUIDANCE_SCALES])
-    ax.set_yticks(29 * np.arange(10) + 15, [str(k) for k in range(10)])
-    ax.tick_params(length=0)
-    ax.set_title("Classifier-free guidance: one digit per row, one scale per column")
+    fig = guidance_figure(guidance_grid(model, diffusion, steps))
+    fig.axes[0].set_title("Classifier-free guidance: one digit per row, one scale per column")
     save(fig, "guidance.png")
     m, d = respace(model, diffusion, gif_steps)
     _, trajectory = sample(m, d, (10, 1, 28, 28), y=torch.arange(10), guidance_scale=3.0, return_trajectory=True,

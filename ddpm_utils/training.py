@@ -109,15 +109,20 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
+def sample_grid(model, diffusion, steps: int, seed: int = 0) -> torch.Tensor:
+    """100 samples for a 10 x 10 grid: row k asks for digit k (guidance scale 3, DDIM), for a
+    class-conditional model; unconditional samples otherwise."""
+    y = torch.arange(10).repeat_interleave(10) if model.num_classes else None
+    return sample(model, diffusion, (100, model.config.in_channels, model.config.image_size, model.config.image_size),
+                  num_steps=steps, y=y, guidance_scale=3.0 if y is not None else 1.0,
+                  generator=torch.Generator().manual_seed(seed), progress=False)
+
+
 def save_sample_grid(model, diffusion, path, steps: int, seed: int = 0) -> Path:
-    """A 10 x 10 grid: row k holds digit k (guidance scale 3, DDIM), for a class-conditional model."""
+    """`sample_grid` written to the PNG file `path`."""
     from torchvision.utils import save_image
 
-    y = torch.arange(10).repeat_interleave(10) if model.num_classes else None
-    images = sample(model, diffusion, (100, model.config.in_channels, model.config.image_size, model.config.image_size),
-                    num_steps=steps, y=y, guidance_scale=3.0 if y is not None else 1.0,
-                    generator=torch.Generator().manual_seed(seed), progress=False)
-    save_image((images + 1) / 2, path, nrow=10)
+    save_image((sample_grid(model, diffusion, steps, seed) + 1) / 2, path, nrow=10)
     return Path(path)
 
 
