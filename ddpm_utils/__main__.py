@@ -6,7 +6,7 @@
     python -m ddpm_utils train-classifier --out ddpm_utils/assets/mnist_classifier.pt
     python -m ddpm_utils figures [--out images]
     python -m ddpm_utils exercises
-    python -m ddpm_utils evaluate [--checkpoint PATH] [--steps 50,0] [--guidance-scale 1,3] [--num 500]
+    python -m ddpm_utils evaluate [--checkpoint PATH] [--steps 50,0] [--guidance-scale 1,3] [--num 500] [--ancestral] [--nll 100]
 
 Runs under `torchrun --nproc_per_node=K -m ddpm_utils train ...` for several GPUs (or CPU processes).
 Bad arguments and library errors are reported in one line, without a traceback.
@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 
 import torch
 
@@ -36,9 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         kind = {"int": int, "float": float, "str": str}.get(f.type)  # every plain TrainConfig field is an option
+        default = getattr(defaults, f.name)
         if kind is not None:
-            default = getattr(defaults, f.name)
             t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, help=f"(default {default})")
+        elif f.type == "bool":
+            t.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=default,
+                           help=f"(default {default})")
 
     s = commands.add_parser("sample", help="draw a grid of samples to a PNG file")
     s.add_argument("--out", required=True, help="PNG file to write")
@@ -54,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", default="50", help="comma-separated DDIM step counts; 0 = all T ancestral DDPM steps (default 50)")
     e.add_argument("--guidance-scale", default="3", help="comma-separated guidance scales (default 3)")
     e.add_argument("--unconditional", action="store_true", help="also score unconditional samples")
+    e.add_argument("--ancestral", action="store_true", help="ancestral DDPM respaced to each --steps count instead of DDIM")
+    e.add_argument("--nll", type=int, default=0, metavar="N",
+                   help="also the bound in bits/dim on N held-out digits (all T terms; slow: T forward passes per 50 digits)")
     e.add_argument("--num", type=int, default=500, help="samples per setting (default 500)")
     e.add_argument("--seed", type=int, default=0)
 
@@ -106,12 +113,21 @@ def _evaluate(args) -> None:
     rows = [{"setting": "real training digits", **evaluator.score_real(args.num, args.seed)}]
     settings = [(n, s, True) for n in steps for s in scales] + [(n, 1.0, False) for n in steps if args.unconditional]
     for n, s, conditional in settings:
-        name = f"{f'DDIM {n}' if n else f'DDPM {diffusion.num_timesteps}'}, " + (f"s={s:g}" if conditional else "uncond.")
+        sampler = f"DDPM {n or diffusion.num_timesteps}" if args.ancestral or not n else f"DDIM {n}"
+        name = f"{sampler}, " + (f"s={s:g}" if conditional else "uncond.")
         images, labels, seconds = generate(model, diffusion, args.num, steps=n or None, guidance_scale=s,
-                                           conditional=conditional, seed=args.seed)
+                                           conditional=conditional, seed=args.seed, ancestral=args.ancestral)
         rows.append({"setting": name, "seconds": seconds, **evaluator.score(images, labels)})
         print(format_table(rows[-1:]).splitlines()[1], flush=True)  # one line per setting as it finishes
     print(format_table(rows))
+    if args.nll:
+        from .evaluation import bits_per_dim
+
+        idx = torch.randperm(len(evaluator.test_images), generator=torch.Generator().manual_seed(args.seed))[:args.nll]
+        n, start = len(idx), time.perf_counter()  # a random subset: the held-out digits are sorted by class
+        nll = bits_per_dim(model, diffusion, evaluator.test_images[idx], evaluator.test_labels[idx], seed=args.seed, progress=True)
+        print(f"bound on -log2 p(x0 | y): {nll['bpd']:.3f} +- {nll['sem']:.3f} bits/dim on {n} held-out digits "
+              f"(L_T {nll['prior_bpd']:.4f}, L_0 {nll['terms_bpd'][0]:.3f}; {time.perf_counter() - start:.0f} s)")
 
 
 def _sample(args) -> None:

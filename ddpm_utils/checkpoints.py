@@ -51,6 +51,7 @@ def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion, *, step: in
         "format": FORMAT,
         "unet_config": dataclasses.asdict(model.config),
         "schedule": diffusion.schedule,  # {"name", "T", parameters} or None
+        "prediction": diffusion.prediction,  # what the network predicts: "eps", "x0" or "v"
         "betas": diffusion.betas.detach().cpu(),
         "step": int(step),
         "model": model.state_dict(),
@@ -67,9 +68,10 @@ def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion, *, step: in
 
 
 def _diffusion_from(data: dict) -> GaussianDiffusion:
+    prediction = data.get("prediction", "eps")  # checkpoints from before the choice existed predict eps
     if data["schedule"] is not None:
-        return GaussianDiffusion.from_schedule(**data["schedule"])
-    return GaussianDiffusion(data["betas"].double())
+        return GaussianDiffusion.from_schedule(**data["schedule"], prediction=prediction)
+    return GaussianDiffusion(data["betas"].double(), prediction=prediction)
 
 
 def _config_diff(a: UNetConfig, b: UNetConfig) -> str:
@@ -113,6 +115,9 @@ def load_checkpoint(path, *, model: UNet | None = None, diffusion: GaussianDiffu
             f"{path} was trained with schedule {data['schedule'] or 'custom betas'} (T={saved.num_timesteps}), "
             f"which differs from the given diffusion ({diffusion.schedule or 'custom betas'}, T={diffusion.num_timesteps})"
         )
+    elif diffusion.prediction != saved.prediction:
+        raise ValueError(f"{path} holds a model that predicts {saved.prediction!r}, but the given diffusion reads "
+                         f"its output as {diffusion.prediction!r}")
     return Checkpoint(model.to(map_location), diffusion.to(map_location), data["step"], data)
 
 

@@ -1,4 +1,4 @@
-"""The Gaussian diffusion process: forward q, posterior, x0 from eps, losses and the variational bound.
+"""The Gaussian diffusion process: forward q, posterior, what the network predicts, losses and the variational bound.
 
 Notation (code vs. Ho et al. 2020). Code time t = 0..T-1 is the paper's t+1.
 
@@ -9,6 +9,19 @@ Notation (code vs. Ho et al. 2020). Code time t = 0..T-1 is the paper's t+1.
 | `alphas_cumprod_prev[t]`      | alpha-bar_t (alpha-bar_0 = 1)      |
 | `posterior_variance[t]`       | beta-tilde_{t+1} (Eq. 7); 0 at code t = 0 |
 | `terms_bpd[:, k]` (bound)     | L_k: L_0 is the decoder NLL, L_1..L_{T-1} the KL terms |
+
+What the network predicts is one option, `prediction`, read by `eps_and_x0` (model output -> eps, x0)
+and, for the loss, by `training_target` and `loss_weight`:
+
+| `prediction` | the network's output          | source                    |
+|--------------|-------------------------------|---------------------------|
+| "eps"        | the noise eps                 | Ho et al. 2020, Eq. 11    |
+| "x0"         | the clean image x0            | Ho et al. 2020, Sec. 3.2  |
+| "v"          | sqrt(abar) eps - sqrt(1 - abar) x0 | Salimans & Ho 2022, Sec. 4 |
+
+A model with learned variances (`UNetConfig.learned_variance`) outputs 2C channels: the prediction,
+then v_var in [-1, 1], which interpolates the log-variance between log beta_t and log beta-tilde_t
+(Nichol & Dhariwal 2021, Eq. 15); it is trained with L_hybrid = L_simple + lambda L_vlb.
 """
 
 from __future__ import annotations
@@ -16,12 +29,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .schedules import make_betas
 
 VARIANCES = ("posterior", "beta")  # beta-tilde_t (Eq. 7) or beta_t: Ho et al. 2020, Sec. 3.2
+PREDICTIONS = ("eps", "x0", "v")  # what the network predicts (module docstring)
+WEIGHTINGS = ("none", "min-snr")  # loss weighting per timestep: none, or Min-SNR-gamma (Hang et al. 2023)
+MIN_SNR_GAMMA = 5.0  # Hang et al. 2023's gamma
 
 
 def extract(a: torch.Tensor, t: torch.Tensor, x_shape) -> torch.Tensor:
@@ -84,6 +100,18 @@ def _check_eps(eps: torch.Tensor, x: torch.Tensor) -> None:
         raise ValueError(f"model output must have the input's shape {tuple(x.shape)}, got {tuple(eps.shape)}")
 
 
+def split_output(model_output: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(prediction, v_var) from a model output: C channels -> (output, None) (fixed variance);
+    2C channels -> (the first C, the last C) (learned variance, Nichol & Dhariwal 2021)."""
+    C = x.shape[1]
+    if model_output.shape == x.shape:
+        return model_output, None
+    if model_output.ndim == x.ndim and model_output.shape[1] == 2 * C and model_output.shape[2:] == x.shape[2:]:
+        return model_output[:, :C], model_output[:, C:]
+    raise ValueError(f"model output must have the input's shape {tuple(x.shape)} (or {2 * C} channels with learned "
+                     f"variances), got {tuple(model_output.shape)}")
+
+
 def _null_label(model) -> int:
     num_classes = getattr(getattr(model, "module", model), "num_classes", None)  # looks through a DDP wrapper
     if num_classes is None:
@@ -104,8 +132,11 @@ class GaussianDiffusion(nn.Module):
     (name, T, parameters) so checkpoints can rebuild and compare it.
     """
 
-    def __init__(self, betas, schedule: dict | None = None):
+    def __init__(self, betas, schedule: dict | None = None, prediction: str = "eps"):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or betas.numel() == 0:
             raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
@@ -138,9 +169,9 @@ class GaussianDiffusion(nn.Module):
             self.register_buffer(name, value.float(), persistent=False)
 
     @classmethod
-    def from_schedule(cls, name: str, T: int, **kw) -> GaussianDiffusion:
+    def from_schedule(cls, name: str, T: int, *, prediction: str = "eps", **kw) -> GaussianDiffusion:
         """Build from a named schedule, e.g. `GaussianDiffusion.from_schedule("cosine", 1000)`."""
-        return cls(make_betas(name, T, **kw), schedule={"name": name, "T": T, **kw})
+        return cls(make_betas(name, T, **kw), schedule={"name": name, "T": T, **kw}, prediction=prediction)
 
     @property
     def num_timesteps(self) -> int:
@@ -196,12 +227,48 @@ class GaussianDiffusion(nn.Module):
         sqrt_one_minus_abar = extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape)
         return (x_t - sqrt_abar * x0) / sqrt_one_minus_abar
 
+    # ----- what the network predicts ------------------------------------------------------------
+    def v_target(self, x0, t, noise):
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, Sec. 4)."""
+        self._check_t(t, x0)
+        return extract(self.sqrt_alphas_cumprod, t, x0.shape) * noise - extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * x0
+
+    def predict_x0_from_v(self, x_t, t, v):
+        """x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v: the definition of v and Eq. (4), solved for x0."""
+        self._check_t(t, x_t)
+        return extract(self.sqrt_alphas_cumprod, t, x_t.shape) * x_t - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * v
+
+    def eps_and_x0(self, model_output, x_t, t):
+        """(eps, x0) from what the network predicts (`self.prediction`): the one conversion every loss,
+        sampler and bound goes through. `model_output` has x_t's shape (the prediction channels only)."""
+        _check_eps(model_output, x_t)
+        if self.prediction == "eps":
+            return model_output, self.predict_x0_from_eps(x_t, t, model_output)
+        x0 = model_output if self.prediction == "x0" else self.predict_x0_from_v(x_t, t, model_output)
+        return self.predict_eps_from_x0(x_t, t, x0), x0
+
+    def learned_log_variance(self, v, t, x_shape):
+        """log sigma^2 = frac log beta_t + (1 - frac) log beta-tilde_t, frac = (v + 1) / 2 (Nichol & Dhariwal 2021, Eq. 15).
+
+        v = 1 gives beta_t, v = -1 the (clipped) posterior variance beta-tilde_t; as in improved-diffusion,
+        v is not squashed, so a trained network may step slightly outside the range.
+        """
+        frac = (v + 1) / 2
+        return frac * extract(torch.log(self.betas), t, x_shape) + (1 - frac) * extract(self.posterior_log_variance_clipped, t, x_shape)
+
+    def read_output(self, model_output, x_t, t):
+        """(eps, x0, log-variance or None) from a model output, with C channels (fixed variance) or 2C (learned)."""
+        prediction, v = split_output(model_output, x_t)
+        eps, x0 = self.eps_and_x0(prediction, x_t, t)
+        return eps, x0, None if v is None else self.learned_log_variance(v, t, x_t.shape)
+
     # ----- reverse process p(x_{t-1} | x_t) ----------------------------------------------------
-    def p_mean_variance(self, eps, x_t, t, variance: str = "posterior", clip_x0: bool = False):
+    def p_mean_variance(self, eps, x_t, t, variance: str = "posterior", clip_x0: bool = False, log_var=None):
         """Mean, variance, log-variance of p(x_{t-1} | x_t) and the predicted x0, from a predicted eps.
 
         The mean is the posterior mean at the predicted x0, which equals Eq. (11) of Ho et al. 2020
-        when x0 is not clipped. `variance`: "posterior" (beta-tilde_t) or "beta" (beta_t), Sec. 3.2.
+        when x0 is not clipped. `variance`: "posterior" (beta-tilde_t) or "beta" (beta_t), Sec. 3.2;
+        a given `log_var` (a learned variance, `learned_log_variance`) replaces both.
         """
         if variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
@@ -209,23 +276,59 @@ class GaussianDiffusion(nn.Module):
         x0_pred = self.predict_x0_from_eps(x_t, t, eps)
         if clip_x0:
             x0_pred = x0_pred.clamp(-1.0, 1.0)
-        mean, var, log_var = self.q_posterior_mean_variance(x0_pred, x_t, t)
+        mean, var, log_var_fixed = self.q_posterior_mean_variance(x0_pred, x_t, t)
+        if log_var is not None:
+            return mean, torch.exp(log_var), log_var, x0_pred
         if variance == "beta":
             var = extract(self.betas, t, x_t.shape)
-            log_var = torch.log(var)
-        return mean, var, log_var, x0_pred
+            log_var_fixed = torch.log(var)
+        return mean, var, log_var_fixed, x0_pred
 
     # ----- losses --------------------------------------------------------------------------------
-    def training_loss(self, model, x0, y=None, p_uncond: float = 0.0, t=None, noise=None, generator=None):
+    def training_target(self, x0, t, noise):
+        """What the network should output for x_t = q_sample(x0, t, noise): eps, x0 or v (`self.prediction`)."""
+        if self.prediction == "eps":
+            return noise
+        return x0 if self.prediction == "x0" else self.v_target(x0, t, noise)
+
+    def snr(self, t) -> torch.Tensor:
+        """Signal-to-noise ratio abar_t / (1 - abar_t) at timesteps t (B,)."""
+        abar = self.alphas_cumprod[t.to(self.alphas_cumprod.device, torch.long)]
+        return abar / (1 - abar)
+
+    def loss_weight(self, t, weighting: str = "none") -> torch.Tensor:
+        """Per-sample weight (B,) of the squared error of the prediction target.
+
+        The errors of the three targets are multiples of one x0-error: |d eps|^2 = SNR |d x0|^2 and
+        |d v|^2 = (1 + SNR) |d x0|^2 at the same x_t. Min-SNR-gamma (Hang et al. 2023) weights the
+        x0-error by min(SNR, gamma); divided by each target's own factor, all three targets give
+        the same loss for the same x0-error. "none" is the plain squared error of the target.
+        """
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        snr = self.snr(t)
+        if weighting == "none":
+            return torch.ones_like(snr)
+        x0_weight = snr.clamp(max=MIN_SNR_GAMMA)
+        return {"eps": x0_weight / snr, "x0": x0_weight, "v": x0_weight / (snr + 1)}[self.prediction]
+
+    def training_loss(self, model, x0, y=None, p_uncond: float = 0.0, t=None, noise=None, generator=None,
+                      loss_weighting: str = "none", hybrid_lambda: float = 0.001):
         """L_simple = E_{t, x0, eps} || eps - eps_theta(x_t, t, y) ||^2 (Ho et al. 2020, Eq. 14; Algorithm 1).
 
-        With `p_uncond > 0`, each label is replaced by the null label with that probability,
-        so one network learns both the conditional and the unconditional model (Ho & Salimans 2022).
-        Returns a scalar tensor.
+        The target is whatever the network predicts (`training_target`), weighted per timestep by
+        `loss_weight(t, loss_weighting)`. With `p_uncond > 0`, each label is replaced by the null
+        label with that probability, so one network learns both the conditional and the
+        unconditional model (Ho & Salimans 2022). A model with learned variances (2C output
+        channels) is trained with L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021,
+        Sec. 3.1): L_vlb = T E_t[L_t] in bits/dim (`vb_terms_bpd`), with the mean's gradient
+        stopped so that L_vlb trains only the variance. Returns a scalar tensor.
         """
         _check_images(x0)
         if not 0.0 <= p_uncond <= 1.0:
             raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond!r}")
+        if not hybrid_lambda >= 0:
+            raise ValueError(f"hybrid_lambda must be >= 0, got {hybrid_lambda!r}")
         B, device = x0.shape[0], x0.device
         gen_device = device if generator is None else generator.device  # draw where the generator lives
         if t is None:
@@ -236,9 +339,14 @@ class GaussianDiffusion(nn.Module):
             drop = torch.rand(B, generator=generator, device=gen_device).to(device) < p_uncond
             y = torch.where(drop, torch.full_like(y, _null_label(model)), y)
         x_t = self.q_sample(x0, t, noise)
-        eps = model(x_t, t, y)
-        _check_eps(eps, x0)
-        return F.mse_loss(eps, noise)
+        prediction, v = split_output(model(x_t, t, y).float(), x0)  # float: the bound needs more than bf16
+        squared_error = (prediction - self.training_target(x0, t, noise)).square().flatten(1).mean(1)  # (B,)
+        loss = (self.loss_weight(t, loss_weighting) * squared_error).mean()
+        if v is None:
+            return loss
+        eps, _ = self.eps_and_x0(prediction.detach(), x_t, t)  # stop-gradient: L_vlb trains only the variance
+        vb = self.vb_terms_bpd(eps, x0, x_t, t, log_var=self.learned_log_variance(v, t, x0.shape))
+        return loss + hybrid_lambda * self.num_timesteps * vb.mean()
 
     def prior_bpd(self, x0) -> torch.Tensor:
         """L_T = KL( q(x_T | x_0) || N(0, I) ) in bits per dimension, (B,) (Ho et al. 2020, Eq. 5)."""
@@ -246,32 +354,36 @@ class GaussianDiffusion(nn.Module):
         mean, _, log_var = self.q_mean_variance(x0, t)
         return _mean_flat_bits(normal_kl(mean, log_var, torch.zeros_like(mean), torch.zeros_like(mean)))
 
-    def vb_terms_bpd(self, eps, x0, x_t, t, variance: str = "posterior", clip_x0: bool = False) -> torch.Tensor:
+    def vb_terms_bpd(self, eps, x0, x_t, t, variance: str = "posterior", clip_x0: bool = False, log_var=None) -> torch.Tensor:
         """One term of the bound per sample, in bits per dimension, (B,) (Ho et al. 2020, Eq. 5).
 
         For code t >= 1: L_t = KL( q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t) ), a KL between Gaussians.
         For code t == 0: L_0 = -log p(x_0 | x_1), the discretised-Gaussian decoder (Eq. 13).
+        `log_var`: a learned log-variance of p (else the fixed `variance`).
         """
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, x_t, t)
-        mean, _, log_var, _ = self.p_mean_variance(eps, x_t, t, variance, clip_x0)
+        mean, _, log_var, _ = self.p_mean_variance(eps, x_t, t, variance, clip_x0, log_var)
         kl = _mean_flat_bits(normal_kl(true_mean, true_log_var, mean, log_var))
         nll = _mean_flat_bits(-discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var))
         return torch.where(t == 0, nll, kl)
 
     @torch.no_grad()
-    def variational_bound(self, model, x0, y=None, variance: str = "posterior", clip_x0: bool = False, generator=None):
+    def variational_bound(self, model, x0, y=None, variance: str = "posterior", clip_x0: bool = False, generator=None,
+                          progress: bool = False):
         """The negative ELBO, -log p(x0) <= L_T + sum_{t>1} L_{t-1} + L_0, in bits per dimension (Eq. 5).
 
-        Runs the model once per timestep (T forward passes per batch). Returns a dict of
+        Runs the model once per timestep (T forward passes per batch), whatever it predicts; a model
+        with learned variances uses them, otherwise `variance` is used. Returns a dict of
         `total_bpd` (B,), `prior_bpd` (B,) = L_T and `terms_bpd` (B, T) with column k = L_k.
         x0 must lie on the 256 levels of 8-bit images scaled to [-1, 1].
         """
         _check_images(x0)
         terms = []
-        for k in range(self.num_timesteps):
+        for k in tqdm(range(self.num_timesteps), desc="bound", disable=not progress, leave=False):
             t = torch.full((x0.shape[0],), k, device=x0.device, dtype=torch.long)
             x_t = self.q_sample(x0, t, randn(x0.shape, x0.device, generator))
-            terms.append(self.vb_terms_bpd(model(x_t, t, y), x0, x_t, t, variance, clip_x0))
+            eps, _, log_var = self.read_output(model(x_t, t, y), x_t, t)
+            terms.append(self.vb_terms_bpd(eps, x0, x_t, t, variance, clip_x0, log_var))
         terms = torch.stack(terms, dim=1)
         prior = self.prior_bpd(x0)
         return {"total_bpd": terms.sum(dim=1) + prior, "prior_bpd": prior, "terms_bpd": terms}

@@ -13,6 +13,7 @@ For a batch of samples:
   guidance trades it for fidelity); real digits of one class give the reference;
 - **memorisation**: the pixel distance from each sample to its nearest training image, next to the
   same distance for held-out real digits. Copies of training images would sit far below it.
+- **bits/dim** (`bits_per_dim`): the model's own likelihood bound on held-out digits, needing no classifier.
 
 `python -m ddpm_utils evaluate` prints these as a table.
 """
@@ -25,7 +26,7 @@ import torch
 
 from .classifier import load_classifier
 from .data import load_mnist
-from .samplers import sample
+from .samplers import respace, sample
 
 
 @torch.no_grad()
@@ -111,11 +112,18 @@ class Evaluator:
 
 
 def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale: float = 3.0, conditional: bool = True,
-             seed: int = 0, batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """n samples (labels 0..9 in turn if `conditional`, else unconditional): (images, labels, seconds)."""
+             seed: int = 0, batch_size: int = 250, ancestral: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """n samples (labels 0..9 in turn if `conditional`, else unconditional): (images, labels, seconds).
+
+    `steps`: DDIM steps, or all T ancestral steps if None; with `ancestral=True`, ancestral DDPM
+    respaced to `steps` (Nichol & Dhariwal 2021), which uses a model's learned variances.
+    """
     device = next(model.parameters()).device
     if conditional and not model.num_classes:
         raise ValueError("this model is unconditional; evaluate it with conditional=False")
+    if ancestral and steps is not None:
+        model, diffusion = respace(model, diffusion, steps)
+        steps = None
     labels = torch.arange(n, device=device) % 10 if conditional else None
     generator = torch.Generator(device).manual_seed(seed)
     c, size = model.config.in_channels, model.config.image_size
@@ -126,6 +134,30 @@ def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale
         chunks.append(sample(model, diffusion, (m, c, size, size), num_steps=steps, y=y,
                              guidance_scale=guidance_scale if conditional else 1.0, generator=generator, progress=False).cpu())
     return torch.cat(chunks), labels.cpu() if conditional else None, time.perf_counter() - start
+
+
+def bits_per_dim(model, diffusion, images: torch.Tensor, labels: torch.Tensor | None = None, *, batch_size: int = 50,
+                 seed: int = 0, progress: bool = False) -> dict:
+    """The variational bound on -log2 p(x0) per dimension (Ho et al. 2020, Eq. 5) for `images` (N, C, H, W)
+    on the 256 levels of [-1, 1]: all T terms, `batch_size` images at a time (T forward passes per batch).
+
+    `labels` conditions a class-conditional model (None: the null label). Returns {"bpd": mean,
+    "sem": its standard error over images, "terms_bpd" (T,): each L_t averaged, "prior_bpd": L_T, "n"}.
+    """
+    if images.ndim != 4 or len(images) < 2:
+        raise ValueError(f"need images of shape (N, C, H, W) with N >= 2, got {tuple(images.shape)}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    totals, terms, priors = [], [], []
+    for i in range(0, len(images), batch_size):
+        y = None if labels is None else labels[i: i + batch_size].to(device)
+        b = diffusion.variational_bound(model, images[i: i + batch_size].to(device), y, generator=generator, progress=progress)
+        totals.append(b["total_bpd"].cpu())
+        terms.append(b["terms_bpd"].cpu())
+        priors.append(b["prior_bpd"].cpu())
+    total = torch.cat(totals).double()
+    return {"bpd": total.mean().item(), "sem": (total.std() / len(total) ** 0.5).item(), "n": len(total),
+            "terms_bpd": torch.cat(terms).mean(0), "prior_bpd": torch.cat(priors).mean().item()}
 
 
 def format_table(rows: list[dict]) -> str:

@@ -24,13 +24,14 @@ def _alphas_cumprod_prev(diffusion, t_prev: torch.Tensor, x_shape) -> torch.Tens
     return torch.where(first, torch.ones_like(abar), abar)
 
 
-def ddpm_step(diffusion, eps, t, x_t, noise=None, variance="posterior", clip_x0=False, generator=None):
+def ddpm_step(diffusion, eps, t, x_t, noise=None, variance="posterior", clip_x0=False, generator=None, log_var=None):
     """One ancestral step x_t -> x_{t-1} ~ N(mu_theta(x_t, t), sigma_t^2 I) (Ho et al. 2020, Algorithm 2).
 
-    `variance`: "posterior" (sigma_t^2 = beta-tilde_t) or "beta" (sigma_t^2 = beta_t).
+    `variance`: "posterior" (sigma_t^2 = beta-tilde_t) or "beta" (sigma_t^2 = beta_t); a given
+    `log_var` (B, 1, 1, 1) or x_t's shape, a learned log sigma_t^2 (Nichol & Dhariwal 2021), replaces both.
     At t = 0 no noise is added (z = 0 at the paper's t = 1). Returns (x_prev, x0_pred).
     """
-    mean, _, log_var, x0_pred = diffusion.p_mean_variance(eps, x_t, t, variance, clip_x0)
+    mean, _, log_var, x0_pred = diffusion.p_mean_variance(eps, x_t, t, variance, clip_x0, log_var)
     if noise is None:
         noise = randn(x_t.shape, x_t.device, generator)
     not_last = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, 1, 1)
@@ -45,6 +46,8 @@ def ddim_step(diffusion, eps, t, t_prev, x_t, eta=0.0, noise=None, clip_x0=False
     3. x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
     eta = 0 is deterministic; eta = 1 with t_prev = t - 1 is the DDPM step with beta-tilde_t.
     `t_prev = -1` means abar_prev = 1, so the last step returns the predicted x0.
+    A learned variance plays no part: DDIM's sigma is chosen by eta (it picks one member of a family
+    of processes with the same marginals), not estimated, so only the model's eps (the mean) is used.
     """
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
@@ -114,13 +117,15 @@ def respace(model, diffusion, num_steps: int):
     Keep alpha-bar at the `num_steps` evenly spaced timesteps that DDIM walks, and rebuild the betas
     between them: beta'_i = 1 - abar(t_i) / abar(t_{i-1}). Returns (model', diffusion') for `sample`:
     its ancestral DDPM loop then takes `num_steps` steps, and model' is `model` called at the
-    original timesteps. (With the posterior variance this equals DDIM with eta = 1.)
+    original timesteps. (With the posterior variance this equals DDIM with eta = 1.) Every variance
+    of the new chain, a learned one included, is computed from the new betas, as in improved-diffusion.
     """
     ts = sorted(t for t, _ in timestep_pairs(diffusion.num_timesteps, num_steps))
     abar = torch.cumprod(1.0 - diffusion.betas.double().cpu(), 0)[ts]
     betas = 1.0 - abar / torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
     device = diffusion.betas.device
-    return RespacedModel(model, torch.tensor(ts, device=device)), GaussianDiffusion(betas).to(device)
+    respaced = GaussianDiffusion(betas, prediction=diffusion.prediction).to(device)
+    return RespacedModel(model, torch.tensor(ts, device=device)), respaced
 
 
 @torch.no_grad()
@@ -147,6 +152,8 @@ def sample(
     - otherwise DDIM (Song et al. 2021, Eq. 12) over `num_steps` (default T) evenly spaced steps
       starting at T-1, with `eta` (default 0, deterministic).
     - `y` (int or (B,) labels) with `guidance_scale` s: eps = eps_uncond + s (eps_cond - eps_uncond).
+    - whatever the model predicts (`diffusion.prediction`) is read as eps by `diffusion.read_output`;
+      a model with learned variances uses them in ancestral steps.
     Returns x_0 (B, C, H, W), or (x_0, trajectory) where trajectory is a dict of CPU tensors
     `t` (K,), `x_t` (K, B, C, H, W) (the input of each recorded step) and `x0_pred` (K, B, C, H, W).
     """
@@ -170,10 +177,11 @@ def sample(
     traj = {"t": [], "x_t": [], "x0_pred": []}
     for t_int, t_prev_int in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
         t = torch.full((shape[0],), t_int, device=device, dtype=torch.long)
-        eps = model(x, t, None) if y is None else guided_eps(model, x, t, y, guidance_scale, null_label)
+        output = model(x, t, None) if y is None else guided_eps(model, x, t, y, guidance_scale, null_label)
+        eps, _, log_var = diffusion.read_output(output, x, t)
         noise = randn(shape, device, generator)  # drawn at every step, so all samplers share one stream
         if ancestral:
-            x_prev, x0_pred = ddpm_step(diffusion, eps, t, x, noise, variance, clip_x0)
+            x_prev, x0_pred = ddpm_step(diffusion, eps, t, x, noise, variance, clip_x0, log_var=log_var)
         else:
             t_prev = torch.full_like(t, t_prev_int)
             x_prev, x0_pred = ddim_step(diffusion, eps, t, t_prev, x, eta or 0.0, noise, clip_x0)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import get_device
 from .data import load_mnist
-from .diffusion import GaussianDiffusion
+from .diffusion import PREDICTIONS, WEIGHTINGS, GaussianDiffusion
 from .samplers import sample
 from .unet import UNet, UNetConfig
 
@@ -54,6 +54,10 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes
     data_source: str = "auto"  # load_mnist source: "auto", "torchvision" or "bundled"
     seed: int = 0  # seeds the data order, the noise and the initial weights
+    prediction: str = "eps"  # what the UNet predicts: "eps" (Ho et al. 2020), "x0", or "v" (Salimans & Ho 2022)
+    learned_variance: bool = False  # also learn the reverse variance, trained with L_hybrid (Nichol & Dhariwal 2021)
+    loss_weighting: str = "none"  # "none" (plain squared error of the target) or "min-snr" (Hang et al. 2023, gamma 5)
+    hybrid_lambda: float = 0.001  # lambda in L_hybrid = L_simple + lambda L_vlb (with learned_variance only)
 
     def __post_init__(self):
         for name in ("batch_size", "max_steps", "T", "checkpoint_every", "sample_steps"):
@@ -63,6 +67,13 @@ class TrainConfig:
             raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.p_uncond <= 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) and p_uncond in [0, 1], got {self.ema_decay}, {self.p_uncond}")
+        if self.prediction not in PREDICTIONS or self.loss_weighting not in WEIGHTINGS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS} and loss_weighting one of {WEIGHTINGS}, "
+                             f"got {self.prediction!r} and {self.loss_weighting!r}")
+        if not self.hybrid_lambda >= 0:
+            raise ValueError(f"hybrid_lambda must be >= 0, got {self.hybrid_lambda}")
+        if "learned_variance" in self.unet:
+            raise ValueError("set TrainConfig.learned_variance, not unet['learned_variance']")
 
 
 class StepBatchSampler(Sampler):
@@ -148,8 +159,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
     main = rank == 0
     torch.manual_seed(config.seed)  # the initial weights
 
-    model = UNet(UNetConfig.preset(config.preset, **config.unet)).to(device)
-    diffusion = GaussianDiffusion.from_schedule(config.schedule, config.T).to(device)
+    model = UNet(UNetConfig.preset(config.preset, learned_variance=config.learned_variance, **config.unet)).to(device)
+    diffusion = GaussianDiffusion.from_schedule(config.schedule, config.T, prediction=config.prediction).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0  # noqa: E731
@@ -160,8 +171,9 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
     if resume:
         ckpt = load_checkpoint(path, model=model, diffusion=diffusion, map_location=device)
         saved = ckpt.data["extra"]
-        changed = {k: (v, saved["train_config"].get(k)) for k, v in dataclasses.asdict(config).items()
-                   if k != "max_steps" and saved["train_config"].get(k) != v}  # only max_steps may change
+        then = {**dataclasses.asdict(TrainConfig()), **saved["train_config"]}  # fields added since: their defaults
+        changed = {k: (v, then[k]) for k, v in dataclasses.asdict(config).items()
+                   if k != "max_steps" and then[k] != v}  # only max_steps may change
         if changed:
             raise ValueError(f"{path} was trained with a different TrainConfig (now vs then): {changed}")
         ema.load_state_dict(ckpt.data["ema"])
@@ -214,7 +226,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
             start, rngs_at_start = time.perf_counter(), rng_states()
             x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = diffusion.training_loss(net, x0, y, p_uncond=config.p_uncond, generator=noise_gen)
+                loss = diffusion.training_loss(net, x0, y, p_uncond=config.p_uncond, generator=noise_gen,
+                                               loss_weighting=config.loss_weighting, hybrid_lambda=config.hybrid_lambda)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss is {loss.item()} at step {step}; weights not saved. The last good checkpoint is {path} "

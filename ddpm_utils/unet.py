@@ -1,5 +1,8 @@
 """A small, configurable UNet noise predictor eps_theta(x_t, t, y) (Ho et al. 2020, Appendix B).
 
+It predicts whatever the diffusion's `prediction` says (eps, x0 or v; the UNet does not care), and
+with `learned_variance` also the interpolation v_var of the reverse variance (Nichol & Dhariwal 2021).
+
 Layout: input conv -> down path (residual blocks, optional self-attention, 2x down-sampling)
 -> middle (res, attention, res) -> up path (residual blocks on [h, skip], 2x up-sampling)
 -> GroupNorm, SiLU, output conv. The time embedding (plus the label embedding, if any) is
@@ -33,6 +36,7 @@ class UNetConfig:
     num_groups: int = 8  # GroupNorm groups; must divide every channel count
     dropout: float = 0.1  # dropout probability inside residual blocks
     num_classes: int | None = 10  # None = unconditional; else labels 0..num_classes-1, null label = num_classes
+    learned_variance: bool = False  # 2 x in_channels outputs: the prediction, then v in [-1, 1] for the variance
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)
@@ -183,7 +187,8 @@ class UNet(nn.Module):
             if level > 0:
                 self.up.append(Upsample(ch))
 
-        self.out = nn.Sequential(nn.GroupNorm(cfg.num_groups, ch), nn.SiLU(), nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
+        out_ch = cfg.in_channels * (2 if cfg.learned_variance else 1)  # learned variances: Nichol & Dhariwal 2021, Eq. 15
+        self.out = nn.Sequential(nn.GroupNorm(cfg.num_groups, ch), nn.SiLU(), nn.Conv2d(ch, out_ch, 3, padding=1))
 
     def check_inputs(self, x, t, y) -> None:
         """Raise ValueError with the shapes involved if x, t or y cannot be used."""
@@ -228,7 +233,7 @@ class UNet(nn.Module):
             h = block(h, emb)  # (B, C_max, H / 2^(L-1), W / 2^(L-1))
         for block in self.up:
             h = block(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(block, Block) else block(h)
-        return self.out(h)  # (B, in_channels, H, W)
+        return self.out(h)  # (B, in_channels, H, W), or (B, 2 in_channels, H, W) with learned variances
 
 
 def count_parameters(module: nn.Module) -> int:

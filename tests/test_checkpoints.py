@@ -92,3 +92,26 @@ def test_load_pretrained_checks_the_sha256(trained, tmp_path, monkeypatch):
         load_pretrained("toy")
     with pytest.raises(ValueError, match="no bundled weights named 'mnist'; available: \\['toy'\\]"):
         load_pretrained("mnist")
+
+
+def test_the_objective_is_recorded_and_old_checkpoints_load_as_eps(tmp_path):
+    model = UNet(UNetConfig.preset("tiny", learned_variance=True))
+    diffusion = GaussianDiffusion.from_schedule("cosine", 20, prediction="v")
+    path = save_checkpoint(tmp_path / "v.pt", model, diffusion)
+    ck = load_checkpoint(path)
+    assert ck.diffusion.prediction == "v" and ck.model.config.learned_variance
+    with pytest.raises(ValueError, match="predicts 'v', but the given diffusion reads its output as 'eps'"):
+        load_checkpoint(path, diffusion=GaussianDiffusion.from_schedule("cosine", 20))
+
+    # a checkpoint written before the objective was a choice: no "prediction", no "learned_variance"
+    old = torch.load(save_checkpoint(tmp_path / "old.pt", UNet(UNetConfig.preset("tiny")),
+                                     GaussianDiffusion.from_schedule("cosine", 20)), weights_only=True)
+    del old["prediction"], old["unet_config"]["learned_variance"]
+    torch.save(old, tmp_path / "old.pt")
+    ck = load_checkpoint(tmp_path / "old.pt")
+    assert ck.diffusion.prediction == "eps" and not ck.model.config.learned_variance
+
+
+def test_the_bundled_model_predicts_eps_with_fixed_variances():
+    model, diffusion = load_pretrained("mnist")
+    assert diffusion.prediction == "eps" and model.config.learned_variance is False

@@ -235,3 +235,134 @@ def test_bound_of_a_perfect_denoiser_on_two_points_pays_one_bit_per_image():
     zero = diffusion.variational_bound(lambda x, t, y=None: torch.zeros_like(x), x0[:16],
                                        generator=torch.Generator().manual_seed(0))
     assert zero["total_bpd"].mean() > out["total_bpd"].mean() + 1.0
+
+
+# ----- what the network predicts, learned variances, loss weighting ----------------------------
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_every_target_converts_back_to_eps_and_x0_at_every_t(diffusion, prediction):
+    d = GaussianDiffusion(diffusion.betas.double(), prediction=prediction)
+    T = d.num_timesteps
+    x0, noise = torch.randn(T, 1, 3, 3), torch.randn(T, 1, 3, 3)
+    t = torch.arange(T)  # every t, 0 and T-1 included
+    x_t = d.q_sample(x0, t, noise)
+    eps, x0_back = d.eps_and_x0(d.training_target(x0, t, noise), x_t, t)
+    torch.testing.assert_close(eps, noise, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(x0_back, x0, atol=2e-3, rtol=1e-3)
+
+
+def test_eps_to_x0_to_v_to_eps_round_trip(diffusion):
+    t = torch.tensor([0, 1, 50, 98, 99])
+    x0, noise = torch.randn(5, 1, 4, 4), torch.randn(5, 1, 4, 4)
+    x_t = diffusion.q_sample(x0, t, noise)
+    x0_from_eps = diffusion.predict_x0_from_eps(x_t, t, noise)
+    v = diffusion.v_target(x0_from_eps, t, noise)
+    abar = diffusion.alphas_cumprod[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(v, abar.sqrt() * noise - (1 - abar).sqrt() * x0, atol=1e-4, rtol=1e-4)  # Salimans & Ho
+    torch.testing.assert_close(diffusion.predict_x0_from_v(x_t, t, v), x0, atol=1e-4, rtol=1e-4)
+    v_model = GaussianDiffusion(diffusion.betas.double(), prediction="v")
+    eps_back, _ = v_model.eps_and_x0(v, x_t, t)
+    torch.testing.assert_close(eps_back, noise, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("weighting", ["none", "min-snr"])
+def test_the_three_targets_have_zero_loss_for_an_exact_model(diffusion, weighting):
+    x0, noise = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
+    t = torch.randint(0, 100, (8,), generator=torch.Generator().manual_seed(0))
+    for prediction in ("eps", "x0", "v"):
+        d = GaussianDiffusion(diffusion.betas.double(), prediction=prediction)
+        exact = lambda x_t, t_, y=None, d=d: d.training_target(x0, t_, noise)  # noqa: E731
+        assert d.training_loss(exact, x0, t=t, noise=noise, loss_weighting=weighting).item() < 1e-10
+        zero = d.training_loss(lambda x, t_, y=None: torch.zeros_like(x), x0, t=t, noise=noise, loss_weighting=weighting)
+        assert zero.item() > 0.01
+
+
+def test_min_snr_weights_the_same_x0_error_the_same_for_every_target(diffusion):
+    """A model whose x0 guess is off by a fixed delta, written as eps, x0 or v: Min-SNR gives one loss
+    (min(SNR, 5) |delta|^2), while the unweighted losses differ by the factors SNR and 1 + SNR."""
+    B = 6
+    x0, noise, delta = torch.randn(B, 1, 4, 4), torch.randn(B, 1, 4, 4), 0.1 * torch.randn(B, 1, 4, 4)
+    t = torch.tensor([0, 5, 20, 50, 80, 99])
+    losses = {}
+    for prediction in ("eps", "x0", "v"):
+        d = GaussianDiffusion(diffusion.betas.double(), prediction=prediction)
+
+        def off_by_delta(x_t, t_, y=None, d=d):
+            x0_hat = x0 + delta  # the same wrong x0 at the same x_t, in the target's own form
+            eps_hat = d.predict_eps_from_x0(x_t, t_, x0_hat)
+            return {"eps": eps_hat, "x0": x0_hat, "v": d.v_target(x0_hat, t_, eps_hat)}[prediction]
+
+        losses[prediction] = {w: d.training_loss(off_by_delta, x0, t=t, noise=noise, loss_weighting=w).item()
+                              for w in ("none", "min-snr")}
+    snr = diffusion.snr(t).double().view(-1, 1, 1, 1)
+    expected = (snr.clamp(max=5) * delta.double() ** 2).flatten(1).mean(1).mean().item()
+    for prediction in ("eps", "x0", "v"):
+        assert losses[prediction]["min-snr"] == pytest.approx(expected, rel=2e-3), prediction
+    assert losses["x0"]["none"] == pytest.approx((delta**2).mean().item(), rel=1e-4)
+    assert losses["eps"]["none"] == pytest.approx((snr * delta.double() ** 2).flatten(1).mean(1).mean().item(), rel=2e-3)
+    assert losses["v"]["none"] == pytest.approx(((1 + snr) * delta.double() ** 2).flatten(1).mean(1).mean().item(), rel=2e-3)
+
+
+def test_learned_log_variance_lies_between_beta_and_beta_tilde(diffusion):
+    t = torch.arange(100)
+    shape = (100, 1, 1, 1)
+    log_beta, log_tilde = diffusion.betas.log().view(shape), diffusion.posterior_log_variance_clipped.view(shape)
+    torch.testing.assert_close(diffusion.learned_log_variance(torch.ones(shape), t, shape), log_beta)
+    torch.testing.assert_close(diffusion.learned_log_variance(-torch.ones(shape), t, shape), log_tilde)
+    for v in (-0.5, 0.0, 0.7):
+        mid = diffusion.learned_log_variance(torch.full(shape, v), t, shape)
+        assert ((mid <= log_beta + 1e-6) & (mid >= log_tilde - 1e-6)).all()
+    torch.testing.assert_close(diffusion.learned_log_variance(torch.zeros(shape), t, shape), (log_beta + log_tilde) / 2)
+
+
+def test_l_hybrid_vlb_term_trains_only_the_variance(diffusion):
+    """Nichol & Dhariwal 2021, Sec. 3.1: the mean's gradient comes from L_simple alone."""
+
+    class TwoHeads(torch.nn.Module):  # output channels: eps = a x, then v = b (a constant)
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Parameter(torch.tensor(0.3)), torch.nn.Parameter(torch.tensor(0.2))
+
+        def forward(self, x, t, y=None):
+            return torch.cat([self.a * x, self.b.expand_as(x)], dim=1)
+
+    x0 = (torch.randint(0, 256, (16, 1, 4, 4)).float() / 127.5) - 1
+    kw = dict(t=torch.arange(0, 96, 6), noise=torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(0)))
+    grads = {}
+    for lam in (0.0, 0.001, 1.0):
+        model = TwoHeads()
+        diffusion.training_loss(model, x0, hybrid_lambda=lam, **kw).backward()
+        grads[lam] = (model.a.grad.item(), 0.0 if model.b.grad is None else model.b.grad.item())
+    assert grads[0.0][0] == pytest.approx(grads[1.0][0], rel=1e-6) == pytest.approx(grads[0.001][0], rel=1e-6)
+    assert grads[0.0][1] == 0.0 and grads[1.0][1] != 0.0
+    assert grads[1.0][1] == pytest.approx(1000 * grads[0.001][1], rel=1e-4)  # L_vlb enters linearly in lambda
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_the_bound_of_an_ideal_model_does_not_depend_on_what_it_predicts(prediction):
+    """Notebook 01's ideal denoiser of 8 points, rewritten to predict x0 or v: the same bits/dim."""
+    eps_diffusion = GaussianDiffusion.from_schedule("cosine", 60)
+    points = torch.cat([_grid_image([v, 255 - v, v // 2, 200]) for v in range(0, 256, 32)])  # 8 images
+    ideal = IdealDenoiser(eps_diffusion, points)
+    d = GaussianDiffusion.from_schedule("cosine", 60, prediction=prediction)
+
+    def rewritten(x_t, t, y=None):
+        eps = ideal(x_t, t)
+        x0 = eps_diffusion.predict_x0_from_eps(x_t, t, eps)
+        return x0 if prediction == "x0" else eps_diffusion.v_target(x0, t, eps)
+
+    x0 = points.repeat(2, 1, 1, 1)
+    want = eps_diffusion.variational_bound(ideal, x0, generator=torch.Generator().manual_seed(0))
+    got = d.variational_bound(rewritten, x0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got["total_bpd"], want["total_bpd"], atol=1e-3, rtol=1e-3)
+
+
+def test_objective_bad_values_raise_clear_errors(diffusion):
+    with pytest.raises(ValueError, match="prediction must be one of \\('eps', 'x0', 'v'\\), got 'score'"):
+        GaussianDiffusion(diffusion.betas.double(), prediction="score")
+    x0 = torch.zeros(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        diffusion.training_loss(LinearEps(100), x0, loss_weighting="snr")
+    with pytest.raises(ValueError, match="hybrid_lambda must be >= 0"):
+        diffusion.training_loss(LinearEps(100), x0, hybrid_lambda=-0.1)
+    with pytest.raises(ValueError, match="\\(or 2 channels with learned variances\\), got \\(2, 3, 4, 4\\)"):
+        diffusion.training_loss(lambda x, t, y=None: x.repeat(1, 3, 1, 1), x0)  # a 3-channel head on 1-channel images

@@ -51,3 +51,37 @@ def test_errors(inputs):
         guided_eps(LabelModel(), x, t, None, 3.0, 10)
     with pytest.raises(ValueError, match="needs the model's null label"):
         guided_eps(LabelModel(), x, t, y, 3.0, None)
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_guiding_x0_or_v_equals_guiding_eps(inputs, prediction):
+    """x0 and v are affine in eps at a fixed x_t, and the guidance weights (1 - s, s) sum to one."""
+    from ddpm_utils.diffusion import GaussianDiffusion
+
+    x, t, y = inputs
+    d = GaussianDiffusion.from_schedule("cosine", 10, prediction=prediction)
+    eps_d = GaussianDiffusion.from_schedule("cosine", 10)
+
+    class Rewritten(LabelModel):
+        def forward(self, x, t, y=None):
+            eps = super().forward(x, t, y)
+            x0 = eps_d.predict_x0_from_eps(x, t, eps)
+            return x0 if prediction == "x0" else eps_d.v_target(x0, t, eps)
+
+    for s in (0.0, 2.0, 5.0):
+        eps_of_guided, _ = d.eps_and_x0(guided_eps(Rewritten(), x, t, y, s, 10), x, t)
+        torch.testing.assert_close(eps_of_guided, guided_eps(LabelModel(), x, t, y, s, 10), atol=1e-4, rtol=1e-4)
+
+
+def test_a_learned_variance_is_taken_from_the_conditional_prediction(inputs):
+    x, t, y = inputs
+
+    class WithVariance(LabelModel):
+        def forward(self, x, t, y=None):
+            eps = super().forward(x, t, y)
+            return torch.cat([eps, y.view(-1, 1, 1, 1).float().expand_as(x)], dim=1)  # "variance" channel = the label
+
+    out = guided_eps(WithVariance(), x, t, y, 3.0, 10)
+    assert out.shape == (4, 2, 3, 3)
+    torch.testing.assert_close(out[:, :1], guided_eps(LabelModel(), x, t, y, 3.0, 10))
+    torch.testing.assert_close(out[:, 1:], y.view(-1, 1, 1, 1).float().expand_as(x))

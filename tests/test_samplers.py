@@ -158,3 +158,55 @@ def test_respaced_ancestral_sampling_equals_ddim_with_eta_one():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     full_m, full_d = respace(model, diffusion, 100)  # all steps: the original chain
     torch.testing.assert_close(full_d.betas, diffusion.betas)
+
+
+class WithVariance(torch.nn.Module):
+    """A fixed-variance model plus a constant learned-variance channel v."""
+
+    def __init__(self, model, v: float):
+        super().__init__()
+        self.model, self.v, self.num_classes = model, v, getattr(model, "num_classes", None)
+
+    def forward(self, x, t, y=None):
+        eps = self.model(x, t, y)
+        return torch.cat([eps, torch.full_like(eps, self.v)], dim=1)
+
+
+@pytest.mark.parametrize("num_steps", [None, 10])
+def test_a_learned_variance_at_its_ends_is_the_fixed_beta_or_beta_tilde_sampler(num_steps):
+    """v = +1 is sigma^2 = beta_t and v = -1 the posterior's beta-tilde_t, of the chain being walked:
+    for a respaced chain these are the respaced betas' own (as improved-diffusion recomputes them)."""
+    diffusion = GaussianDiffusion.from_schedule("cosine", 100)
+    model = LinearEps(100)
+    for v, variance in ((1.0, "beta"), (-1.0, "posterior")):
+        m, d = (model, diffusion) if num_steps is None else respace(model, diffusion, num_steps)
+        mv, dv = (WithVariance(model, v), diffusion) if num_steps is None else respace(WithVariance(model, v), diffusion, num_steps)
+        kw = dict(generator=torch.Generator().manual_seed(3), progress=False)
+        fixed = sample(m, d, (3, 1, 4, 4), variance=variance, **kw)
+        learned = sample(mv, dv, (3, 1, 4, 4), variance="beta" if variance == "posterior" else "posterior",
+                         generator=torch.Generator().manual_seed(3), progress=False)  # the fixed choice is ignored
+        torch.testing.assert_close(learned, fixed)
+    _, d = respace(model, diffusion, 10)
+    i = torch.tensor([5])
+    respaced_betas = 1 - d.alphas_cumprod[5] / d.alphas_cumprod[4]
+    torch.testing.assert_close(d.learned_log_variance(torch.ones(1, 1, 1, 1), i, (1, 1, 1, 1)).flatten(),
+                               respaced_betas.log().view(1), rtol=1e-4, atol=1e-5)
+    assert respaced_betas > 5 * diffusion.betas[55]  # not the original chain's beta at that timestep
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_sampling_a_model_rewritten_to_predict_x0_or_v_gives_the_same_images(diffusion, prediction):
+    eps_model = LinearEps(T)
+    d = GaussianDiffusion.from_schedule("cosine", T, prediction=prediction)
+
+    def rewritten(x_t, t, y=None):
+        eps = eps_model(x_t, t)
+        x0 = diffusion.predict_x0_from_eps(x_t, t, eps)
+        return x0 if prediction == "x0" else diffusion.v_target(x0, t, eps)
+
+    for kw in ({}, {"num_steps": 7}):
+        want = sample(eps_model, diffusion, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0), progress=False, **kw)
+        got = sample(rewritten, d, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0), progress=False, **kw)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    m, d_respaced = respace(rewritten, d, 5)
+    assert d_respaced.prediction == prediction

@@ -163,3 +163,42 @@ def test_bench_measures_throughput(capsys):
     out = capsys.readouterr().out
     assert "train img/s" in out and out.count("\n") == 2  # header and one row
     assert main(["bench", "--batch-sizes", "a,b"]) == 2
+
+
+def test_v_prediction_with_learned_variance_and_min_snr_trains_resumes_and_samples(tmp_path, capsys):
+    cfg = dataclasses.replace(CFG, prediction="v", learned_variance=True, loss_weighting="min-snr", max_steps=4,
+                              checkpoint_every=2)
+    straight = train(cfg, tmp_path / "a", progress=False)
+    train(dataclasses.replace(cfg, max_steps=2), tmp_path / "b", progress=False)
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    assert weights_equal(straight["model"], resumed["model"]) and straight["history"] == resumed["history"]
+    ck = load_checkpoint(tmp_path / "b" / "last.pt", use_ema=True)
+    assert ck.diffusion.prediction == "v" and ck.model.config.learned_variance
+    assert ck.data["extra"]["train_config"]["loss_weighting"] == "min-snr"
+    with pytest.raises(ValueError, match="predicts 'v', but the given diffusion reads its output as 'x0'"):
+        train(dataclasses.replace(cfg, prediction="x0"), tmp_path / "b", resume=True, progress=False)
+    args = ["train", "--preset", "tiny", "--max-steps", "1", "--batch-size", "4", "--T", "20", "--sample-steps", "2",
+            "--data-source", "bundled", "--prediction", "x0", "--learned-variance", "--out", str(tmp_path / "cli")]
+    assert main(args) == 0
+    ck = load_checkpoint(tmp_path / "cli" / "last.pt")
+    assert ck.diffusion.prediction == "x0" and ck.model.config.learned_variance
+    assert main([*args[:-2], "--prediction", "score", "--out", str(tmp_path / "bad")]) == 2
+    assert "prediction must be one of" in capsys.readouterr().err
+
+
+def test_a_run_from_before_the_objective_options_resumes(tmp_path):
+    """Checkpoints written before `prediction`, `learned_variance`, ... existed hold no such fields."""
+    train(dataclasses.replace(CFG, max_steps=2), tmp_path, progress=False)
+    data = torch.load(tmp_path / "last.pt", weights_only=True)
+    for key in ("prediction", "learned_variance", "loss_weighting", "hybrid_lambda"):
+        del data["extra"]["train_config"][key]
+    torch.save(data, tmp_path / "last.pt")
+    assert train(dataclasses.replace(CFG, max_steps=3), tmp_path, resume=True, progress=False)["history"][-1][0] == 3
+
+
+def test_objective_config_validation():
+    for kw, match in [({"prediction": "score"}, "prediction must be one of"), ({"loss_weighting": "snr"}, "loss_weighting one of"),
+                      ({"hybrid_lambda": -1.0}, "hybrid_lambda must be >= 0"),
+                      ({"unet": {"learned_variance": True}}, "set TrainConfig.learned_variance")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**kw)

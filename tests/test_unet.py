@@ -27,6 +27,13 @@ def test_output_has_the_input_shape(config):
     assert model(x, torch.tensor([3, 4]), torch.tensor([1, 10])).shape == x.shape
 
 
+def test_learned_variance_doubles_the_output_channels():
+    config = UNetConfig.preset("tiny", learned_variance=True)
+    x = torch.randn(2, 1, 28, 28)
+    assert UNet(config)(x, torch.tensor([0, 999])).shape == (2, 2, 28, 28)
+    assert UNetConfig.preset("tiny").learned_variance is False  # the default, and what old checkpoints mean
+
+
 def test_t_and_y_change_the_output_and_null_label_is_the_default():
     torch.manual_seed(0)
     model = UNet(UNetConfig.preset("tiny")).eval()
