@@ -286,7 +286,7 @@ def test_min_snr_weights_the_same_x0_error_the_same_for_every_target(diffusion):
     for prediction in ("eps", "x0", "v"):
         d = GaussianDiffusion(diffusion.betas.double(), prediction=prediction)
 
-        def off_by_delta(x_t, t_, y=None, d=d):
+        def off_by_delta(x_t, t_, y=None, d=d, prediction=prediction):
             x0_hat = x0 + delta  # the same wrong x0 at the same x_t, in the target's own form
             eps_hat = d.predict_eps_from_x0(x_t, t_, x0_hat)
             return {"eps": eps_hat, "x0": x0_hat, "v": d.v_target(x0_hat, t_, eps_hat)}[prediction]
