@@ -436,3 +436,44 @@ def check_guided_eps(guided_fn) -> None:
         }
         _compare("guided eps", f"s = {s}", got, guided_eps(model, x, t, y, s, 10), mistakes)
     _done("guided eps", len(cases))
+
+
+# ---- notebook 09 -----------------------------------------------------------------------------
+
+def check_v_target(v_fn) -> None:
+    """`v_fn(diffusion, x0, t, noise)`: v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0 (Salimans & Ho 2022)."""
+    diffusion = GaussianDiffusion(cosine_betas(100))
+    cases = [torch.tensor([0, 50, 99]), torch.tensor([10, 10, 80])]
+    for i, t in enumerate(cases):
+        x0, noise = _images(50 + i)
+        got = _call("v target", f"t = {t.tolist()}", v_fn, diffusion, x0, t, noise)
+        a = diffusion.alphas_cumprod[t].view(-1, 1, 1, 1)
+        mistakes = {
+            "v = sqrt(abar) eps - sqrt(1 - abar) x0: the noise gets sqrt(abar), the image sqrt(1 - abar).":
+                (1 - a).sqrt() * noise - a.sqrt() * x0,
+            "mind the sign: v = sqrt(abar) eps MINUS sqrt(1 - abar) x0.": (1 - a).sqrt() * x0 - a.sqrt() * noise,
+            "v needs square roots: sqrt(abar_t) and sqrt(1 - abar_t).": a * noise - (1 - a) * x0,
+            "that is x_t (a plus sign); v subtracts the image term.": a.sqrt() * noise + (1 - a).sqrt() * x0,
+        }
+        _compare("v target", f"t = {t.tolist()}", got, diffusion.v_target(x0, t, noise), mistakes)
+    _done("v target", len(cases))
+
+
+def check_learned_log_variance(fn) -> None:
+    """`fn(diffusion, v, t)`: frac log beta_t + (1 - frac) log beta-tilde_t (clipped), frac = (v + 1) / 2."""
+    diffusion = GaussianDiffusion(cosine_betas(100))
+    cases = [torch.tensor([0, 1, 50, 99]), torch.tensor([30, 30, 60, 90])]
+    for i, t in enumerate(cases):
+        v = torch.rand(4, 1, 2, 2, generator=torch.Generator().manual_seed(60 + i)) * 2 - 1
+        got = _call("learned log-variance", f"t = {t.tolist()}", fn, diffusion, v, t)
+        log_beta = diffusion.betas[t].log().view(-1, 1, 1, 1)
+        log_tilde = diffusion.posterior_log_variance_clipped[t].view(-1, 1, 1, 1)
+        frac = (v + 1) / 2
+        mistakes = {
+            "v lies in [-1, 1]; turn it into a fraction first: frac = (v + 1) / 2.": v * log_beta + (1 - v) * log_tilde,
+            "frac = 1 (v = 1) is the upper end, log beta_t; frac = 0 is log beta-tilde_t.": frac * log_tilde + (1 - frac) * log_beta,
+            "interpolate the log-variances, not the variances (Eq. 15 mixes in log space).":
+                torch.log(frac * log_beta.exp() + (1 - frac) * log_tilde.exp()),
+        }
+        _compare("learned log-variance", f"t = {t.tolist()}", got, diffusion.learned_log_variance(v, t, v.shape), mistakes)
+    _done("learned log-variance", len(cases))

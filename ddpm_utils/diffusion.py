@@ -369,21 +369,26 @@ class GaussianDiffusion(nn.Module):
 
     @torch.no_grad()
     def variational_bound(self, model, x0, y=None, variance: str = "posterior", clip_x0: bool = False, generator=None,
-                          progress: bool = False):
+                          progress: bool = False, max_batch: int = 256):
         """The negative ELBO, -log p(x0) <= L_T + sum_{t>1} L_{t-1} + L_0, in bits per dimension (Eq. 5).
 
-        Runs the model once per timestep (T forward passes per batch), whatever it predicts; a model
-        with learned variances uses them, otherwise `variance` is used. Returns a dict of
-        `total_bpd` (B,), `prior_bpd` (B,) = L_T and `terms_bpd` (B, T) with column k = L_k.
+        Evaluates the model at every timestep (T network calls per image), whatever it predicts; a model
+        with learned variances uses them, otherwise `variance` is used. Several timesteps share one
+        forward pass of at most `max_batch` images. Returns a dict of `total_bpd` (B,), `prior_bpd`
+        (B,) = L_T and `terms_bpd` (B, T) with column k = L_k.
         x0 must lie on the 256 levels of 8-bit images scaled to [-1, 1].
         """
         _check_images(x0)
+        B, T = x0.shape[0], self.num_timesteps
+        per_pass = max(1, max_batch // B)  # timesteps per forward pass
         terms = []
-        for k in tqdm(range(self.num_timesteps), desc="bound", disable=not progress, leave=False):
-            t = torch.full((x0.shape[0],), k, device=x0.device, dtype=torch.long)
-            x_t = self.q_sample(x0, t, randn(x0.shape, x0.device, generator))
-            eps, _, log_var = self.read_output(model(x_t, t, y), x_t, t)
-            terms.append(self.vb_terms_bpd(eps, x0, x_t, t, variance, clip_x0, log_var))
-        terms = torch.stack(terms, dim=1)
+        for start in tqdm(range(0, T, per_pass), desc="bound", disable=not progress, leave=False):
+            k = min(per_pass, T - start)
+            t = torch.arange(start, start + k, device=x0.device).repeat_interleave(B)  # (k B,): B images per timestep
+            x0_k, y_k = x0.repeat(k, 1, 1, 1), None if y is None else y.repeat(k)
+            x_t = self.q_sample(x0_k, t, randn(x0_k.shape, x0.device, generator))
+            eps, _, log_var = self.read_output(model(x_t, t, y_k), x_t, t)
+            terms.append(self.vb_terms_bpd(eps, x0_k, x_t, t, variance, clip_x0, log_var).view(k, B).T)
+        terms = torch.cat(terms, dim=1)
         prior = self.prior_bpd(x0)
         return {"total_bpd": terms.sum(dim=1) + prior, "prior_bpd": prior, "terms_bpd": terms}

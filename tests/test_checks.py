@@ -140,6 +140,18 @@ def rotation(k, dim, max_period=10000, sign=1):
     return torch.cat([torch.cat([cos, sin], 1), torch.cat([-sin, cos], 1)], 0)
 
 
+
+def v_target(diffusion, x0, t, noise, sign=1.0):
+    a = diffusion.alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * noise - sign * (1 - a).sqrt() * x0
+
+
+def learned_log_variance(diffusion, v, t, from_v=False):
+    frac = v if from_v else (v + 1) / 2
+    log_beta = diffusion.betas[t].log().view(-1, 1, 1, 1)
+    return frac * log_beta + (1 - frac) * diffusion.posterior_log_variance_clipped[t].view(-1, 1, 1, 1)
+
+
 CASES = [  # (check, correct implementation, realistic mistake, words the hint must contain)
     (checks.check_log_normal, log_normal, log_normal_std, "standard deviation"),
     (checks.check_kl_gauss, kl_gauss, kl_reversed, "KL(p || q)"),
@@ -160,6 +172,9 @@ CASES = [  # (check, correct implementation, realistic mistake, words the hint m
     (checks.check_ancestral_step, ancestral, lambda *a: ancestral(*a, noise_at_zero=True), "no noise at the last step"),
     (checks.check_ddim_step, ddim, lambda *a: ddim(*a, keep_sigma_in_direction=True), "sigma^2 must come out"),
     (checks.check_guided_eps, guided, lambda *a: guided(*a, from_cond=True), "start from the unconditional"),
+    (checks.check_v_target, v_target, lambda *a: v_target(*a, sign=-1.0), "that is x_t (a plus sign)"),
+    (checks.check_learned_log_variance, learned_log_variance, lambda *a: learned_log_variance(*a, from_v=True),
+     "turn it into a fraction first"),
 ]
 
 

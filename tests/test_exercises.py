@@ -28,7 +28,7 @@ def test_strip_solutions_keeps_indentation_and_rejects_unbalanced_blocks():
 
 def test_committed_exercises_are_in_sync_with_the_solutions(tmp_path):
     written = generate(out=tmp_path)
-    assert [p.name for p in written] == [p.name for p in EXERCISE_NOTEBOOKS] and len(written) == 7
+    assert [p.name for p in written] == [p.name for p in EXERCISE_NOTEBOOKS] and len(written) == 8
     for path in written:
         assert path.read_text() == (EXERCISES / path.name).read_text(), f"run `python -m ddpm_utils exercises` ({path.name})"
     (tmp_path / "99_old.ipynb").write_text("{}")
