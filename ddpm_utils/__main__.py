@@ -125,8 +125,10 @@ def _evaluate(args) -> None:
 
         idx = torch.randperm(len(evaluator.test_images), generator=torch.Generator().manual_seed(args.seed))[:args.nll]
         n, start = len(idx), time.perf_counter()  # a random subset: the held-out digits are sorted by class
-        nll = bits_per_dim(model, diffusion, evaluator.test_images[idx], evaluator.test_labels[idx], seed=args.seed, progress=True)
-        print(f"bound on -log2 p(x0 | y): {nll['bpd']:.3f} +- {nll['sem']:.3f} bits/dim on {n} held-out digits "
+        labels = evaluator.test_labels[idx] if model.num_classes else None  # conditioned on its label, if the model can be
+        nll = bits_per_dim(model, diffusion, evaluator.test_images[idx], labels, seed=args.seed, progress=True)
+        given = " | y" if model.num_classes else ""
+        print(f"bound on -log2 p(x0{given}): {nll['bpd']:.3f} +- {nll['sem']:.3f} bits/dim on {n} held-out digits "
               f"(L_T {nll['prior_bpd']:.4f}, L_0 {nll['terms_bpd'][0]:.3f}; {time.perf_counter() - start:.0f} s)")
 
 
