@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--unconditional", action="store_true", help="also score unconditional samples")
     e.add_argument("--ancestral", action="store_true", help="ancestral DDPM respaced to each --steps count instead of DDIM")
     e.add_argument("--nll", type=int, default=0, metavar="N",
-                   help="also the bound in bits/dim on N held-out digits (all T terms; slow: T forward passes per 50 digits)")
+                   help="also the bound in bits/dim on N held-out digits (all T terms: T network evaluations per digit, slow)")
     e.add_argument("--num", type=int, default=500, help="samples per setting (default 500)")
     e.add_argument("--seed", type=int, default=0)
 

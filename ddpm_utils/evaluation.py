@@ -139,14 +139,14 @@ def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale
 def bits_per_dim(model, diffusion, images: torch.Tensor, labels: torch.Tensor | None = None, *, batch_size: int = 50,
                  seed: int = 0, progress: bool = False) -> dict:
     """The variational bound on -log2 p(x0) per dimension (Ho et al. 2020, Eq. 5) for `images` (N, C, H, W)
-    on the 256 levels of [-1, 1]: all T terms, `batch_size` images at a time (T forward passes per batch).
+    on the 256 levels of [-1, 1]: all T terms (T network evaluations per image), `batch_size` images at a time.
 
     `labels` conditions a class-conditional model (None: the null label). Returns {"bpd": mean,
     "sem": its standard error over images, "terms_bpd" (T,): each L_t averaged, "prior_bpd": L_T, "n"}.
     """
     if images.ndim != 4 or len(images) < 2:
         raise ValueError(f"need images of shape (N, C, H, W) with N >= 2, got {tuple(images.shape)}")
-    device = next(model.parameters()).device
+    device = diffusion.betas.device  # the model's too (`sample` checks that they agree)
     generator = torch.Generator(device).manual_seed(seed)
     totals, terms, priors = [], [], []
     for i in range(0, len(images), batch_size):

@@ -106,7 +106,6 @@ def test_bits_per_dim_in_batches_is_the_bound_of_each_image():
     diffusion = GaussianDiffusion.from_schedule("cosine", 100)
     points = (torch.randint(0, 256, (4, 1, 3, 3), generator=torch.Generator().manual_seed(0)).float() / 127.5) - 1
     ideal = IdealDenoiser(diffusion, points)
-    ideal.register_parameter("unused", torch.nn.Parameter(torch.zeros(1)))  # bits_per_dim reads the device from it
     out = bits_per_dim(ideal, diffusion, points.repeat(4, 1, 1, 1), batch_size=5)
     whole = diffusion.variational_bound(ideal, points.repeat(4, 1, 1, 1), generator=torch.Generator().manual_seed(0))
     assert out["n"] == 16 and out["terms_bpd"].shape == (100,)
