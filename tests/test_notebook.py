@@ -88,3 +88,32 @@ def test_readme_links_every_lesson_with_its_badge():
     readme = (ROOT / "README.md").read_text()
     for path in LESSONS:
         assert colab_url(path.name) in readme, path.name
+
+
+def _checks_that_cannot_fail(code: str) -> list[str]:
+    """`try/except` with no failing path (nothing raised when no error comes) and asserts comparing an
+    expression with itself: checks that pass whatever the code does."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Try) and node.handlers and not node.orelse:
+            found.append(f"line {node.lineno}: try/except without an `else: raise` for when no error comes")
+        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare) and len(node.test.comparators) == 1:
+            if ast.dump(node.test.left) == ast.dump(node.test.comparators[0]):
+                found.append(f"line {node.lineno}: assert compares an expression with itself")
+    return found
+
+
+def test_the_scan_finds_checks_that_cannot_fail():
+    assert _checks_that_cannot_fail("try:\n    f()\nexcept ValueError as e:\n    print(e)") != []
+    assert _checks_that_cannot_fail("assert x.sum() == x.sum()") != []
+    assert _checks_that_cannot_fail("try:\n    f()\nexcept ValueError:\n    pass\nelse:\n    raise AssertionError") == []
+    assert _checks_that_cannot_fail("assert a == b") == []
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.name for p in LESSONS])
+def test_no_lesson_check_passes_whatever_the_code_does(path):
+    problems = [f"cell {i}: {p}" for i, c in enumerate(cells(path)) if c["cell_type"] == "code"
+                for p in _checks_that_cannot_fail(source(c))]
+    assert not problems, problems
