@@ -15,3 +15,14 @@ class LinearEps(nn.Module):
 
     def forward(self, x, t, y=None):
         return self.a[t].view(-1, 1, 1, 1) * x + self.b
+
+
+def predicting(prediction, eps_model, diffusion):
+    """`eps_model` rewritten to output x0 or v (or eps) with the same answers: x0 from its eps at x_t."""
+
+    def model(x_t, t, y=None):
+        eps = eps_model(x_t, t, y)
+        x0 = diffusion.predict_x0_from_eps(x_t, t, eps)
+        return {"eps": eps, "x0": x0, "v": diffusion.v_target(x0, t, eps)}[prediction]
+
+    return model

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from helpers import LinearEps
+from helpers import LinearEps, predicting
 
 from ddpm_utils.diffusion import (
     GaussianDiffusion,
@@ -345,11 +345,7 @@ def test_the_bound_of_an_ideal_model_does_not_depend_on_what_it_predicts(predict
     ideal = IdealDenoiser(eps_diffusion, points)
     d = GaussianDiffusion.from_schedule("cosine", 60, prediction=prediction)
 
-    def rewritten(x_t, t, y=None):
-        eps = ideal(x_t, t)
-        x0 = eps_diffusion.predict_x0_from_eps(x_t, t, eps)
-        return x0 if prediction == "x0" else eps_diffusion.v_target(x0, t, eps)
-
+    rewritten = predicting(prediction, ideal, eps_diffusion)
     x0 = points.repeat(2, 1, 1, 1)
     want = eps_diffusion.variational_bound(ideal, x0, generator=torch.Generator().manual_seed(0))
     got = d.variational_bound(rewritten, x0, generator=torch.Generator().manual_seed(0))

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import predicting
 from torch import nn
 
 from ddpm_utils.guidance import guided_eps
@@ -62,14 +63,9 @@ def test_guiding_x0_or_v_equals_guiding_eps(inputs, prediction):
     d = GaussianDiffusion.from_schedule("cosine", 10, prediction=prediction)
     eps_d = GaussianDiffusion.from_schedule("cosine", 10)
 
-    class Rewritten(LabelModel):
-        def forward(self, x, t, y=None):
-            eps = super().forward(x, t, y)
-            x0 = eps_d.predict_x0_from_eps(x, t, eps)
-            return x0 if prediction == "x0" else eps_d.v_target(x0, t, eps)
-
+    rewritten = predicting(prediction, LabelModel(), eps_d)
     for s in (0.0, 2.0, 5.0):
-        eps_of_guided, _ = d.eps_and_x0(guided_eps(Rewritten(), x, t, y, s, 10), x, t)
+        eps_of_guided, _ = d.eps_and_x0(guided_eps(rewritten, x, t, y, s, 10), x, t)
         torch.testing.assert_close(eps_of_guided, guided_eps(LabelModel(), x, t, y, s, 10), atol=1e-4, rtol=1e-4)
 
 

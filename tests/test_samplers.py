@@ -1,6 +1,6 @@
 import pytest
 import torch
-from helpers import LinearEps
+from helpers import LinearEps, predicting
 
 from ddpm_utils.diffusion import GaussianDiffusion
 from ddpm_utils.samplers import ddim_step, ddpm_step, respace, sample, timestep_pairs
@@ -199,11 +199,7 @@ def test_sampling_a_model_rewritten_to_predict_x0_or_v_gives_the_same_images(dif
     eps_model = LinearEps(T)
     d = GaussianDiffusion.from_schedule("cosine", T, prediction=prediction)
 
-    def rewritten(x_t, t, y=None):
-        eps = eps_model(x_t, t)
-        x0 = diffusion.predict_x0_from_eps(x_t, t, eps)
-        return x0 if prediction == "x0" else diffusion.v_target(x0, t, eps)
-
+    rewritten = predicting(prediction, eps_model, diffusion)
     for kw in ({}, {"num_steps": 7}):
         want = sample(eps_model, diffusion, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0), progress=False, **kw)
         got = sample(rewritten, d, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0), progress=False, **kw)
