@@ -206,6 +206,10 @@ def check_sinusoidal_embedding(embed) -> None:
             "sin comes first, then cos: cat([sin, cos]).": torch.cat([args.cos(), args.sin()], -1),
             "this is the interleaved layout (sin, cos, sin, cos, ...); the course concatenates: cat([sin, cos], dim=-1).":
                 torch.stack([args.sin(), args.cos()], -1).flatten(1),
+            "this is the variant with exponent -i / (half - 1) (many tutorials use it, so that the last frequency is "
+            "exactly 1 / max_period): a valid embedding too, but the course, like Ho et al.'s code, uses -i / half.":
+                torch.cat([(t.double()[:, None] * max_period ** (-torch.arange(half) / (half - 1))).sin(),
+                           (t.double()[:, None] * max_period ** (-torch.arange(half) / (half - 1))).cos()], -1),
             "the exponent is -i / half (half = dim // 2), not -i / dim.":
                 torch.cat([(t.double()[:, None] * max_period ** (-torch.arange(half) / dim)).sin(),
                            (t.double()[:, None] * max_period ** (-torch.arange(half) / dim)).cos()], -1),

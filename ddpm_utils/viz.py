@@ -150,6 +150,64 @@ def loss_figure(history, window: int = 50) -> Figure:
     return fig
 
 
+def unet_diagram(model) -> Figure:
+    """The UNet drawn as a U (notebook 04): one box per module in forward order, at the height of its
+    output resolution and labelled with its kind and output channels, a line along the forward path
+    and an arc for every skip connection. Shapes come from one forward pass with hooks, so the drawing
+    is the model itself and cannot drift from it."""
+    from .unet import Block, Downsample, Upsample
+
+    cfg = model.config
+    parts = ([("input_conv", model.input_conv)] + [(f"down[{i}]", m) for i, m in enumerate(model.down)]
+             + [(f"mid[{i}]", m) for i, m in enumerate(model.mid)] + [(f"up[{i}]", m) for i, m in enumerate(model.up)]
+             + [("out", model.out)])
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: shapes.__setitem__(name, tuple(out.shape)))
+             for name, m in parts]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size, device=device),
+                  torch.zeros(1, dtype=torch.long, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def kind(m):
+        if isinstance(m, Block):
+            return "res + attn" if m.attn is not None else "res"
+        return {Downsample: "down", Upsample: "up"}.get(type(m), "conv")
+
+    level = {name: round(math.log2(cfg.image_size / shapes[name][-1])) for name, _ in parts}
+    fig = new_figure(figsize=(0.62 * len(parts) + 1, 1.1 * max(level.values()) + 2.4))
+    ax = fig.subplots()
+    ax.plot(range(len(parts)), [-level[n] for n, _ in parts], color="gray", lw=1, zorder=1)
+    for x, (name, m) in enumerate(parts):
+        colour = {"res": "#cfe2f3", "res + attn": "#f9cb9c", "down": "#d9ead3", "up": "#d9ead3"}.get(kind(m), "#eeeeee")
+        ax.text(x, -level[name], f"{kind(m)}\n{shapes[name][1]}", ha="center", va="center", fontsize=7, zorder=3,
+                bbox=dict(boxstyle="round", fc=colour, ec="gray"))
+    # skips: the input conv and every down module push their output; every up Block pops one (LIFO)
+    stack, position = [], {name: x for x, (name, _) in enumerate(parts)}
+    for name, m in parts:
+        if name == "input_conv" or name.startswith("down"):
+            stack.append(name)
+        elif name.startswith("up") and isinstance(m, Block):
+            source = stack.pop()
+            if shapes[source][-1] != shapes[name][-1]:
+                raise RuntimeError(f"skip {source} -> {name} joins sizes {shapes[source]} and {shapes[name]}")
+            ax.annotate("", xy=(position[name], -level[name] + 0.25), xytext=(position[source], -level[source] + 0.25),
+                        arrowprops=dict(arrowstyle="->", color="tab:blue", lw=0.8, connectionstyle="arc3,rad=-0.15"))
+    sizes = sorted({(level[n], shapes[n][-1]) for n, _ in parts})
+    ax.set(yticks=[-lv for lv, _ in sizes], yticklabels=[f"{px}x{px}" for _, px in sizes], xticks=[],
+           xlim=(-0.8, len(parts) - 0.2), ylim=(-max(level.values()) - 0.7, 1.3), ylabel="feature-map size")
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(f"UNet: {len(parts)} modules, channels in the boxes; arcs are the skip connections "
+                 f"({sum(p.numel() for p in model.parameters()):,} parameters)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def _check_trajectory(trajectory: dict) -> int:
     if not {"t", "x_t", "x0_pred"} <= set(trajectory) or trajectory["x_t"].ndim != 5:
         raise ValueError("expected the trajectory dict of sample(..., return_trajectory=True): t (K,), x_t and x0_pred (K, B, C, H, W)")
@@ -158,20 +216,21 @@ def _check_trajectory(trajectory: dict) -> int:
 
 def trajectory_frame(trajectory: dict, k: int = 0, nrow: int = 8) -> Figure:
     """Recorded step k of a sampling trajectory: the noisy x_t (left) and the predicted x0 (right)
-    for every sample. The widget callback that scrubs through t."""
+    for every sample. The widget callback that scrubs through t. Titles give the paper's t = code t + 1."""
     K = _check_trajectory(trajectory)
     if not 0 <= k < K:
         raise ValueError(f"k must be in 0..{K - 1}, got {k}")
     fig = new_figure(figsize=(9, 2.2 * math.ceil(trajectory["x_t"].shape[1] / nrow) + 0.6))
     left, right = fig.subplots(1, 2)
-    t = int(trajectory["t"][k])
+    t = int(trajectory["t"][k]) + 1  # the paper's t
     show_images(trajectory["x_t"][k], nrow, title=f"x_t at t = {t}", ax=left)
     show_images(trajectory["x0_pred"][k], nrow, title=f"predicted x_0 at t = {t}", ax=right)
     return fig
 
 
 def trajectory_strip(trajectory: dict, index: int = 0, num: int = 8) -> Figure:
-    """One sample's trajectory at `num` evenly chosen recorded steps: x_t on top, predicted x0 below."""
+    """One sample's trajectory at `num` evenly chosen recorded steps: x_t on top, predicted x0 below
+    (titles give the paper's t = code t + 1)."""
     K = _check_trajectory(trajectory)
     picks = np.unique(np.linspace(0, K - 1, min(num, K)).round().astype(int))
     fig = new_figure(figsize=(1.3 * len(picks), 3.0))
@@ -182,7 +241,7 @@ def trajectory_strip(trajectory: dict, index: int = 0, num: int = 8) -> Figure:
             ax.imshow(image_grid(trajectory[key][k, index: index + 1]).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[0, col].set_title(f"t = {int(trajectory['t'][k])}", fontsize=9)
+        axes[0, col].set_title(f"t = {int(trajectory['t'][k]) + 1}", fontsize=9)
     axes[0, 0].set_ylabel("x_t")
     axes[1, 0].set_ylabel("predicted x_0")
     fig.tight_layout()

@@ -64,9 +64,9 @@ def posterior(betas, prev_is_roll=False):
     return prev.sqrt() * betas / (1 - abar), (1 - betas).sqrt() * (1 - prev) / (1 - abar), (1 - prev) / (1 - abar) * betas
 
 
-def embed(t, dim, max_period=10000, cos_first=False):
+def embed(t, dim, max_period=10000, cos_first=False, shift=0):
     half = dim // 2
-    args = t.double()[:, None] * max_period ** (-torch.arange(half, dtype=torch.float64) / half)
+    args = t.double()[:, None] * max_period ** (-torch.arange(half, dtype=torch.float64) / (half - shift))
     parts = [args.cos(), args.sin()] if cos_first else [args.sin(), args.cos()]
     return torch.cat(parts, -1)
 
@@ -161,6 +161,7 @@ CASES = [  # (check, correct implementation, realistic mistake, words the hint m
     (checks.check_cosine_betas, cosine, lambda T, s=0.008, max_beta=0.999: cosine(T, s, clip=False), "clip the betas"),
     (checks.check_posterior_coefficients, posterior, lambda b: posterior(b, prev_is_roll=True), "prepend a 1"),
     (checks.check_sinusoidal_embedding, embed, lambda t, dim, mp=10000: embed(t, dim, mp, cos_first=True), "sin comes first"),
+    (checks.check_sinusoidal_embedding, embed, lambda t, dim, mp=10000: embed(t, dim, mp, shift=1), "-i / (half - 1)"),
     (checks.check_rotation, rotation, lambda k, d, mp=10000: rotation(k, d, mp, sign=-1), "rotates backwards"),
     (checks.check_res_block, Block, BlockWithoutTime, "time embedding is not used"),
     (checks.check_group_norm, group_norm, lambda x, g, eps=1e-5: group_norm(x, g, eps, unbiased=True), "biased variance"),

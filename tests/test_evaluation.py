@@ -15,6 +15,7 @@ from ddpm_utils.evaluation import (
     frechet_distance,
     generate,
     nearest_distances,
+    proportion_interval,
     within_class_distance,
 )
 from ddpm_utils.unet import UNet, UNetConfig
@@ -86,6 +87,35 @@ def test_real_digits_score_well_and_noise_scores_badly(evaluator):
         evaluator.score(noise[:4], torch.arange(3))
     table = format_table([{"setting": "real", **reference}, {"setting": "noise", "seconds": 2.0, **fake}])
     assert "real" in table.splitlines()[1] and "0.010" in table.splitlines()[2]  # 2 s / 200 images
+
+
+def test_proportion_interval_is_wilsons():
+    # reference values of the Wilson score interval: 80 of 100 -> [0.7112, 0.8666]; 0 of 10 -> [0, z^2 / (n + z^2)]
+    lo, hi = proportion_interval(0.8, 100)
+    assert lo == pytest.approx(0.7112, abs=1e-4) and hi == pytest.approx(0.8666, abs=1e-4)
+    assert proportion_interval(0.0, 10) == pytest.approx((0.0, 1.96**2 / (10 + 1.96**2)))
+    assert proportion_interval(1.0, 10)[1] == 1.0 and proportion_interval(1.0, 10)[0] < 1.0
+    # coverage by simulation: the interval contains the true p in about 95 % of 2,000 draws of n = 50
+    g = torch.Generator().manual_seed(0)
+    hits = [(lambda ci: ci[0] <= 0.3 <= ci[1])(proportion_interval((torch.rand(50, generator=g) < 0.3).float().mean().item(), 50))
+            for _ in range(2000)]
+    assert 0.93 < sum(hits) / len(hits) < 0.97
+    with pytest.raises(ValueError, match="n >= 1"):
+        proportion_interval(0.5, 0)
+
+
+def test_score_and_fd_interval_report_uncertainty(evaluator):
+    idx = torch.randperm(len(evaluator.train_images), generator=torch.Generator().manual_seed(1))
+    small, large = evaluator.train_images[idx[:50]], evaluator.train_images[idx[:400]]
+    scored = evaluator.score(small, evaluator.train_labels[idx[:50]])
+    lo, hi = scored["accuracy_ci"]
+    assert lo <= scored["accuracy"] <= hi and hi - lo > 0.03  # 50 digits cannot pin an accuracy down
+    fd_lo, fd_hi = evaluator.fd_interval(small, num_boot=50)
+    big_lo, big_hi = evaluator.fd_interval(large, num_boot=50)
+    assert fd_lo < fd_hi and big_hi - big_lo < fd_hi - fd_lo  # more samples, a narrower interval
+    assert evaluator.fd_interval(small, num_boot=50) == (fd_lo, fd_hi)  # seeded
+    with pytest.raises(ValueError, match="at least 2"):
+        evaluator.fd_interval(small[:1])
 
 
 def test_generate_asks_for_digits_in_turn():

@@ -92,12 +92,12 @@ def fake_trajectory(K=5, B=3):
 def test_trajectory_frame_and_strip_show_x_t_and_x0():
     traj = fake_trajectory()
     left, right = viz.trajectory_frame(traj, 1).axes
-    assert left.get_title() == "x_t at t = 30" and right.get_title() == "predicted x_0 at t = 30"
+    assert left.get_title() == "x_t at t = 31" and right.get_title() == "predicted x_0 at t = 31"  # paper t = code t + 1
     np.testing.assert_allclose(left.images[0].get_array()[1:29, 1:29], (traj["x_t"][1, 0, 0].numpy() + 1) / 2, atol=1e-6)
     with pytest.raises(ValueError, match="k must be in 0..4"):
         viz.trajectory_frame(traj, 5)
     strip = viz.trajectory_strip(traj, index=2, num=3)
-    assert [ax.get_title() for ax in strip.axes[:3]] == ["t = 40", "t = 20", "t = 0"]
+    assert [ax.get_title() for ax in strip.axes[:3]] == ["t = 41", "t = 21", "t = 1"]
     np.testing.assert_allclose(strip.axes[3].images[0].get_array()[1:29, 1:29], (traj["x0_pred"][0, 2, 0].numpy() + 1) / 2, atol=1e-6)
     with pytest.raises(ValueError, match="return_trajectory"):
         viz.trajectory_strip({"t": torch.zeros(2)})
@@ -124,3 +124,18 @@ def test_guided_samples_draws_the_digit_and_rejects_bad_ones():
     np.testing.assert_array_equal(fig.axes[0].images[0].get_array(),
                                   viz.guided_samples(model, diffusion, 4, 2.0, n=3, steps=2, seed=0).axes[0].images[0].get_array())
     assert "digit must be 0..9, got 12" in viz.guided_samples(model, diffusion, digit=12).texts[0].get_text()
+
+
+def test_unet_diagram_draws_every_module_and_skip():
+    from ddpm_utils.unet import Block, UNet, UNetConfig
+
+    for preset in ("tiny", "mnist"):
+        model = UNet(UNetConfig.preset(preset))
+        ax = viz.unet_diagram(model).axes[0]
+        boxes = [t for t in ax.texts if t.get_bbox_patch() is not None]
+        assert len(boxes) == 2 + len(model.down) + len(model.mid) + len(model.up)
+        assert len([t for t in ax.texts if t.get_bbox_patch() is None]) == sum(isinstance(m, Block) for m in model.up)
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["28x28", "14x14", "7x7"]
+        assert boxes[0].get_text() == f"conv\n{model.config.base_channels}" and boxes[-1].get_text() == "conv\n1"
+        assert sum("attn" in t.get_text() for t in boxes) == sum(getattr(m, "attn", None) is not None for m in model.modules()
+                                                                  if isinstance(m, Block))
