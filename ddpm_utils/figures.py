@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import viz
 from .checkpoints import load_pretrained
@@ -55,12 +56,13 @@ def forward_figure(image: torch.Tensor, T: int = 1000, num: int = 9, seed: int =
     return fig
 
 
-def guidance_grid(model, diffusion, steps: int = 50, scales=GUIDANCE_SCALES, seed: int = 0) -> torch.Tensor:
-    """(10 * len(scales), C, H, W): row k asks for digit k at every scale, from the same noise."""
+def guidance_grid(model, diffusion, steps: int = 50, scales=GUIDANCE_SCALES, seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """(10 * len(scales), C, H, W): row k asks for digit k at every scale, from the same noise
+    (`progress`: a bar over the scales)."""
     c, size = model.config.in_channels, model.config.image_size
     x_T = torch.randn(10, c, size, size, generator=torch.Generator().manual_seed(seed))
     columns = [sample(model, diffusion, x_T.shape, num_steps=steps, y=torch.arange(10), guidance_scale=float(s), x_T=x_T,
-                      progress=False).cpu() for s in scales]
+                      progress=False).cpu() for s in tqdm(scales, desc="guidance scales", disable=not progress, leave=False)]
     return torch.stack(columns, 1).flatten(0, 1)  # (10, n, ...) -> row-major grid
 
 

@@ -11,6 +11,7 @@ from ddpm_utils.diffusion import GaussianDiffusion
 from ddpm_utils.evaluation import (
     Evaluator,
     bits_per_dim,
+    classify,
     format_table,
     frechet_distance,
     generate,
@@ -112,7 +113,8 @@ def test_score_and_fd_interval_report_uncertainty(evaluator):
     assert lo <= scored["accuracy"] <= hi and hi - lo > 0.03  # 50 digits cannot pin an accuracy down
     fd_lo, fd_hi = evaluator.fd_interval(small, num_boot=50)
     big_lo, big_hi = evaluator.fd_interval(large, num_boot=50)
-    assert fd_lo < fd_hi and big_hi - big_lo < fd_hi - fd_lo  # more samples, a narrower interval
+    assert fd_lo < frechet_distance(*[classify(x, evaluator.classifier)[1] for x in (small, evaluator.test_images)]) < fd_hi
+    assert big_hi - big_lo < fd_hi - fd_lo  # more samples, a narrower interval
     assert evaluator.fd_interval(small, num_boot=50) == (fd_lo, fd_hi)  # seeded
     with pytest.raises(ValueError, match="at least 2"):
         evaluator.fd_interval(small[:1])
