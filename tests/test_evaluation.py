@@ -118,6 +118,14 @@ def test_score_and_fd_interval_report_uncertainty(evaluator):
     assert evaluator.fd_interval(small, num_boot=50) == (fd_lo, fd_hi)  # seeded
     with pytest.raises(ValueError, match="at least 2"):
         evaluator.fd_interval(small[:1])
+    # paired: the same images shifted slightly differ by a small, certain amount; unrelated noise by a large one
+    noise = torch.rand(50, 1, 28, 28, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    diff, lo, hi = evaluator.fd_difference_interval(noise, small)
+    assert lo > 0 and diff > 10 * (fd_hi - fd_lo)  # noise is far worse than real digits, beyond doubt
+    same, same_lo, same_hi = evaluator.fd_difference_interval(small, small)
+    assert same == 0.0 and same_lo == 0.0 == same_hi  # identical settings: no difference, no spread
+    with pytest.raises(ValueError, match="same number"):
+        evaluator.fd_difference_interval(small, large)
 
 
 def test_generate_asks_for_digits_in_turn():
