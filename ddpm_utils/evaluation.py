@@ -63,16 +63,26 @@ def _normal_quantile(level: float) -> float:
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Frechet distance between Gaussians fitted to feature sets a (N, D) and b (M, D):
-    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64."""
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_b^1/2 S_a S_b^1/2)^1/2), in float64."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"need two feature sets (N, D) with the same D and N >= 2, got {tuple(a.shape)} and {tuple(b.shape)}")
-    a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
-    vals, vecs = torch.linalg.eigh(cov_a)
-    root_a = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
-    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
-    return ((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross).item()
+    return _frechet_to(a, _reference(b))
+
+
+def _reference(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, covariance, covariance^1/2) of a reference feature set, computed once for many FDs against it."""
+    b = b.double()
+    cov = torch.cov(b.T).reshape(b.shape[1], -1)
+    vals, vecs = torch.linalg.eigh(cov)
+    return b.mean(0), cov, vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+
+
+def _frechet_to(a: torch.Tensor, reference) -> float:
+    mu_b, cov_b, root_b = reference
+    a = a.double()
+    cov_a = torch.cov(a.T).reshape(a.shape[1], -1)
+    cross = torch.linalg.eigvalsh(root_b @ cov_a @ root_b).clamp(min=0).sqrt().sum()  # tr (S_a S_b)^1/2
+    return ((a.mean(0) - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross).item()
 
 
 def nearest_distances(images: torch.Tensor, reference: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -151,9 +161,10 @@ class Evaluator:
         if len(sets[0]) < 2:
             raise ValueError(f"need at least 2 images for an FD interval, got {len(sets[0])}")
         feats = [classify(x, self.classifier)[1] for x in sets]
+        reference = _reference(self.test_features)
 
         def stat(idx):
-            fds = [frechet_distance(f[idx], self.test_features) for f in feats]
+            fds = [_frechet_to(f[idx], reference) for f in feats]
             return fds[0] if len(fds) == 1 else fds[0] - fds[1]
 
         g = torch.Generator().manual_seed(seed)
