@@ -112,6 +112,27 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.float16  # older GPUs such as Colab's T4; needs the gradient scaler
 
 
+MAX_SKIPPED_STEPS = 20  # fp16: consecutive overflowing steps the scaler may skip before the run counts as diverged
+
+
+def optimizer_step(loss, model, optimizer, scheduler, scaler, grad_clip: float) -> bool:
+    """Backward, clip, step. With fp16 the gradient scaler skips a step whose gradients overflowed
+    (and lowers its scale); the learning-rate schedule then does not advance either, so the
+    warm-up counts real updates. Returns whether the weights were updated."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    stepped = not scaler.is_enabled() or scaler.get_scale() >= scale  # the scale drops exactly when a step was skipped
+    if stepped:
+        scheduler.step()
+    return stepped
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -220,6 +241,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
 
     model.train()
     updating = False  # True while the optimizer step is half applied: no consistent state to save
+    skipped_in_a_row = 0  # fp16 steps skipped by the gradient scaler for a non-finite loss
     rngs_at_start = rng_states()
     try:
         for x0, y in loader:
@@ -228,26 +250,23 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = diffusion.training_loss(net, x0, y, p_uncond=config.p_uncond, generator=noise_gen,
                                                loss_weighting=config.loss_weighting, hybrid_lambda=config.hybrid_lambda)
-            if not torch.isfinite(loss):
+            skipped_in_a_row = skipped_in_a_row + 1 if not torch.isfinite(loss) else 0
+            if skipped_in_a_row and (not scaler.is_enabled() or skipped_in_a_row > MAX_SKIPPED_STEPS):
+                # With fp16 the scaler skips an overflowing step (below) and lowers its scale; anything
+                # else non-finite, or an fp16 run that never recovers, is a diverged run.
                 raise FloatingPointError(
                     f"loss is {loss.item()} at step {step}; weights not saved. The last good checkpoint is {path} "
                     "(if any). Try a lower lr, amp='off' or a smaller grad_clip."
                 )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             updating = True
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            optimizer_step(loss, model, optimizer, scheduler, scaler, config.grad_clip)
             update_ema(ema, model, config.ema_decay)
             step += 1
             history.append((step, loss.item()))
             updating = False
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{x0.shape[0] * world / (time.perf_counter() - start):.0f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{x0.shape[0] * world / (time.perf_counter() - start):.0f}",
+                            refresh=False)  # tqdm redraws at its own pace; forcing it floods Colab's output channel
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 checkpoint(rng_states())
             if main and config.sample_every and step % config.sample_every == 0:

@@ -202,3 +202,51 @@ def test_objective_config_validation():
                       ({"unet": {"learned_variance": True}}, "set TrainConfig.learned_variance")]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**kw)
+
+
+def test_optimizer_step_skips_an_overflow_without_advancing_the_schedule():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 10))  # a warm-up
+    scaler = torch.amp.GradScaler("cpu", enabled=True)  # the fp16 branch, on the CPU
+    before = [p.clone() for p in model.parameters()]
+    loss = model(torch.randn(3, 4)).pow(2).mean()
+    assert training.optimizer_step(loss, model, optimizer, scheduler, scaler, grad_clip=1.0)
+    assert scheduler.last_epoch == 1 and not torch.equal(before[0], model.weight)
+    after, scale = [p.clone() for p in model.parameters()], scaler.get_scale()
+    overflow = model(torch.randn(3, 4)).sum() * float("inf")
+    assert not training.optimizer_step(overflow, model, optimizer, scheduler, scaler, grad_clip=1.0)
+    assert scheduler.last_epoch == 1 and scaler.get_scale() == scale / 2  # skipped: no update, no schedule step
+    assert all(torch.equal(a, p) for a, p in zip(after, model.parameters()))
+    off = torch.amp.GradScaler("cpu", enabled=False)  # float32 / bf16: every step is taken
+    assert training.optimizer_step(model(torch.randn(3, 4)).sum(), model, optimizer, scheduler, off, grad_clip=0.0)
+    assert scheduler.last_epoch == 2
+
+
+def test_bf16_and_fp16_train_on_the_cpu_and_fp16_survives_an_overflow(tmp_path, monkeypatch):
+    bf16 = train(dataclasses.replace(CFG, amp="bf16", max_steps=3), tmp_path / "bf16", device="cpu", progress=False)
+    assert len(bf16["history"]) == 3 and all(torch.isfinite(torch.tensor(loss)) for _, loss in bf16["history"])
+    calls = {"n": 0}
+    real_loss = training.GaussianDiffusion.training_loss
+
+    def overflow_at_step_2(self, *args, **kwargs):  # what an fp16 overflow looks like to the loop
+        calls["n"] += 1
+        loss = real_loss(self, *args, **kwargs)
+        return loss * float("inf") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(training.GaussianDiffusion, "training_loss", overflow_at_step_2)
+    fp16 = train(dataclasses.replace(CFG, amp="fp16", max_steps=4, checkpoint_every=4), tmp_path / "fp16", device="cpu",
+                 progress=False)
+    losses = [loss for _, loss in fp16["history"]]
+    assert len(losses) == 4 and losses[1] == float("inf") and all(torch.isfinite(torch.tensor(losses[i])) for i in (0, 2, 3))
+    saved = load_checkpoint(tmp_path / "fp16" / "last.pt").data["extra"]
+    assert saved["scheduler"]["last_epoch"] == 3  # 4 steps, 1 skipped: the warm-up counted 3 updates
+    assert saved["scaler"]["scale"] == 65536.0 / 2  # the scaler lowered its scale once
+
+    monkeypatch.setattr(training, "MAX_SKIPPED_STEPS", 2)
+    monkeypatch.setattr(training.GaussianDiffusion, "training_loss", lambda self, *a, **k: real_loss(self, *a, **k) * float("nan"))
+    with pytest.raises(FloatingPointError, match="loss is nan at step 2"):  # an fp16 run that never recovers has diverged
+        train(dataclasses.replace(CFG, amp="fp16"), tmp_path / "diverged", device="cpu", progress=False)
+    with pytest.raises(FloatingPointError, match="loss is nan at step 0"):  # without the scaler: at once
+        train(dataclasses.replace(CFG, amp="bf16"), tmp_path / "bf16-nan", device="cpu", progress=False)
