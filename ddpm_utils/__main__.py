@@ -1,59 +1,94 @@
-"""Command line: `python -m ddpm_utils train ...` and `python -m ddpm_utils sample ...`.
+"""Command line: `ddpm <command>` (or `python -m ddpm_utils <command>`); `ddpm --help` lists the commands.
 
-    python -m ddpm_utils train --preset mnist --max-steps 10000 --out runs/mnist [--resume]
-    python -m ddpm_utils sample --out digits.png [--label 3] [--guidance-scale 3] [--steps 50] [--checkpoint runs/mnist/last.pt]
-    python -m ddpm_utils bench [--preset mnist] [--batch-sizes 32,128] [--compile]
-    python -m ddpm_utils train-classifier --out ddpm_utils/assets/mnist_classifier.pt
-    python -m ddpm_utils figures [--out images]
-    python -m ddpm_utils exercises
-    python -m ddpm_utils evaluate [--checkpoint PATH] [--steps 50,0] [--guidance-scale 1,3] [--num 500] [--ancestral] [--nll 100]
+    ddpm train --preset mnist --max-steps 10000 --out runs/mnist [--resume]
+    ddpm sample --out digits.png [--label 3] [--guidance-scale 3] [--steps 50] [--checkpoint runs/mnist/last.pt]
+    ddpm evaluate [--checkpoint PATH] [--steps 50,0] [--guidance-scale 1,3] [--num 500] [--ancestral] [--nll 100]
+    ddpm bench [--preset mnist] [--batch-sizes 32,128] [--compile]
+    ddpm train-classifier --out ddpm_utils/assets/mnist_classifier.pt
+    ddpm figures [--out images]
+    ddpm exercises
 
-Runs under `torchrun --nproc_per_node=K -m ddpm_utils train ...` for several GPUs (or CPU processes).
-Bad arguments and library errors are reported in one line, without a traceback.
+Every command takes `--device` (cpu, cuda, cuda:1, mps; default: the best available). Runs under
+`torchrun --nproc_per_node=K -m ddpm_utils train ...` for several GPUs (or CPU processes).
+Whatever a user can get wrong (a bad value, a missing file, a diverging run) ends in one line on
+stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import os
+import re
 import sys
 import time
 
 import torch
 
+from . import __version__
 from .checkpoints import load_checkpoint, load_pretrained
+from .data import SOURCES
+from .diffusion import PREDICTIONS, WEIGHTINGS
 from .samplers import sample
+from .schedules import SCHEDULES
 from .training import TrainConfig, train
+from .unet import PRESETS
+
+# TrainConfig fields whose values come from a fixed set: the CLI offers exactly these
+CHOICES = {"preset": sorted(PRESETS), "schedule": list(SCHEDULES), "amp": ["auto", "bf16", "fp16", "off"],
+           "data_source": list(SOURCES), "prediction": list(PREDICTIONS), "loss_weighting": list(WEIGHTINGS)}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with where to find help) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def field_help(cls) -> dict[str, str]:
+    """The end-of-line comment of every field of a config dataclass: its one-line documentation."""
+    pattern = re.compile(r"^\s+(\w+):[^#]*#\s*(.+)$")
+    return {m.group(1): m.group(2).strip() for line in inspect.getsource(cls).splitlines() if (m := pattern.match(line))}
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ddpm_utils", description="Train and sample the course's DDPM.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="ddpm", description="Train, sample and evaluate the DDPM course's models (ddpm_utils).",
+                     epilog="Run `ddpm COMMAND --help` for a command's options. `python -m ddpm_utils` is the same program.")
+    parser.add_argument("--version", action="version", version=f"ddpm_utils {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: a CUDA GPU if there is one, else Apple MPS, else the CPU)")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
-    t = commands.add_parser("train", help="train a UNet on MNIST; writes OUT/last.pt and OUT/samples.png")
+    def command(name, func, help):
+        sub = commands.add_parser(name, parents=[common], help=help, description=help[0].upper() + help[1:] + ".")
+        sub.set_defaults(func=func)
+        return sub
+
+    t = command("train", _train, "train a UNet on MNIST; writes OUT/last.pt and OUT/samples.png")
     t.add_argument("--out", required=True, help="run folder (checkpoint, sample grids)")
     t.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
-    defaults = TrainConfig()
+    defaults, comments = TrainConfig(), field_help(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind = {"int": int, "float": float, "str": str}.get(f.type)  # every plain TrainConfig field is an option
-        default = getattr(defaults, f.name)
+        default, option = getattr(defaults, f.name), "--" + f.name.replace("_", "-")
+        helptext = f"{comments[f.name]} (default {default})".replace("%", "%%")
         if kind is not None:
-            t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, help=f"(default {default})")
+            t.add_argument(option, type=kind, default=default, choices=CHOICES.get(f.name), help=helptext)
         elif f.type == "bool":
-            t.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=default,
-                           help=f"(default {default})")
+            t.add_argument(option, action=argparse.BooleanOptionalAction, default=default, help=helptext)
 
-    s = commands.add_parser("sample", help="draw a grid of samples to a PNG file")
+    s = command("sample", _sample, "draw a grid of samples to a PNG file (the bundled model unless --checkpoint)")
     s.add_argument("--out", required=True, help="PNG file to write")
     s.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
     s.add_argument("--label", type=int, help="digit 0-9 to draw (default: one row per digit)")
     s.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance scale s (default 3)")
     s.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50; 0 = all T ancestral DDPM steps)")
     s.add_argument("--num", type=int, default=100, help="number of images (default 100)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
 
-    e = commands.add_parser("evaluate", help="score samples with the MNIST classifier (accuracy, FD, memorisation)")
+    e = command("evaluate", _evaluate, "score samples with the MNIST classifier (accuracy, FD, memorisation, bits/dim)")
     e.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
     e.add_argument("--steps", default="50", help="comma-separated DDIM step counts; 0 = all T ancestral DDPM steps (default 50)")
     e.add_argument("--guidance-scale", default="3", help="comma-separated guidance scales (default 3)")
@@ -62,33 +97,86 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--nll", type=int, default=0, metavar="N",
                    help="also the bound in bits/dim on N held-out digits (all T terms: T network evaluations per digit, slow)")
     e.add_argument("--num", type=int, default=500, help="samples per setting (default 500)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
 
-    commands.add_parser("exercises", help="write notebooks/exercises/ from the solution notebooks")
+    b = command("bench", _bench, "measure training and sampling images/s")
+    b.add_argument("--preset", default="mnist", choices=sorted(PRESETS), help="UNet preset (default mnist)")
+    b.add_argument("--batch-sizes", default="32,128", help="comma-separated batch sizes (default 32,128)")
+    b.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default 5)")
+    b.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile on a CPU)")
 
-    f = commands.add_parser("figures", help="regenerate the README's figures from the bundled model")
+    c = command("train-classifier", _train_classifier, "train the evaluation classifier; prints its held-out accuracy")
+    c.add_argument("--out", required=True, help="weights file (the shipped one is ddpm_utils/assets/mnist_classifier.pt)")
+    c.add_argument("--epochs", type=int, default=15, help="passes over the 4,500 training digits (default 15)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order (default 0)")
+
+    f = command("figures", _figures, "regenerate the README's figures from the bundled model")
     f.add_argument("--out", default="images", help="folder to write (default images)")
     f.add_argument("--steps", type=int, default=50, help="DDIM steps for the sample grids (default 50)")
     f.add_argument("--gif-steps", type=int, default=50, help="ancestral steps (frames) of the denoising animation (default 50)")
 
-    c = commands.add_parser("train-classifier", help="train the evaluation classifier; prints its held-out accuracy")
-    c.add_argument("--out", required=True, help="weights file (the shipped one is ddpm_utils/assets/mnist_classifier.pt)")
-    c.add_argument("--epochs", type=int, default=15)
-    c.add_argument("--seed", type=int, default=0)
-
-    b = commands.add_parser("bench", help="measure training and sampling images/s")
-    b.add_argument("--preset", default="mnist", help="UNet preset (default mnist)")
-    b.add_argument("--batch-sizes", default="32,128", help="comma-separated batch sizes (default 32,128)")
-    b.add_argument("--steps", type=int, default=5, help="timed steps per measurement (default 5)")
-    b.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile on a CPU)")
+    command("exercises", _exercises, "write notebooks/exercises/ from the solution notebooks (run in a clone)")
     return parser
 
 
-def _model(checkpoint):
-    """(model, diffusion) from a checkpoint's EMA weights, or the bundled model, on the best device."""
+def _device(name: str | None) -> torch.device:
+    """The device asked for with --device, refused with a clear message where it does not exist."""
     from .config import get_device
 
-    device = get_device()
+    try:
+        device = get_device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a device name (expected cpu, cuda, cuda:N or mps): {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is available here (torch.cuda.is_available() is False); use --device cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {name}: Apple MPS is not available here; use --device cpu")
+    return device
+
+
+def _train(args) -> None:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    result = train(config, args.out, resume=args.resume, device=_device(args.device))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {result['checkpoint']} and {args.out}/samples.png")
+
+
+def _train_classifier(args) -> None:
+    from .checkpoints import sha256
+    from .classifier import train_classifier
+
+    model, acc = train_classifier(epochs=args.epochs, seed=args.seed)
+    torch.save(model.state_dict(), args.out)
+    print(f"held-out accuracy {acc:.4f} on the 500 test digits; wrote {args.out} (SHA-256 {sha256(args.out)})")
+
+
+def _bench(args) -> None:
+    from .bench import benchmark, format_table
+
+    sizes = _numbers(args.batch_sizes, int, "--batch-sizes")
+    print(format_table(benchmark(args.preset, sizes, steps=args.steps, compile=args.compile)))
+
+
+def _figures(args) -> None:
+    from .figures import make_figures
+
+    for path in make_figures(args.out, args.steps, args.gif_steps, _device(args.device)):
+        print(f"wrote {path}")
+
+
+def _exercises(args) -> None:
+    from .exercises import generate
+
+    for path in generate():
+        print(f"wrote {path}")
+
+
+def _model(checkpoint, device_name):
+    """(model, diffusion) from a checkpoint's EMA weights, or the bundled model, on the chosen device."""
+    device = _device(device_name)
     if checkpoint:
         ckpt = load_checkpoint(checkpoint, use_ema=True, map_location=device)
         return ckpt.model.eval(), ckpt.diffusion
@@ -108,8 +196,8 @@ def _evaluate(args) -> None:
     steps, scales = _numbers(args.steps, int, "--steps"), _numbers(args.guidance_scale, float, "--guidance-scale")
     if args.num < 2 or min(steps) < 0:
         raise ValueError(f"--num must be >= 2 and --steps >= 0, got {args.num} and {args.steps}")
-    model, diffusion = _model(args.checkpoint)
-    evaluator = Evaluator()
+    model, diffusion = _model(args.checkpoint, args.device)
+    evaluator = Evaluator(next(model.parameters()).device)
     rows = [{"setting": "real training digits", **evaluator.score_real(args.num, args.seed)}]
     settings = [(n, s, True) for n in steps for s in scales] + [(n, 1.0, False) for n in steps if args.unconditional]
     for n, s, conditional in settings:
@@ -135,7 +223,9 @@ def _evaluate(args) -> None:
 def _sample(args) -> None:
     from torchvision.utils import save_image
 
-    model, diffusion = _model(args.checkpoint)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise FileNotFoundError(f"--out {args.out}: the folder {os.path.dirname(os.path.abspath(args.out))} does not exist")
+    model, diffusion = _model(args.checkpoint, args.device)
     if args.label is not None and not 0 <= args.label < (model.num_classes or 0):
         raise ValueError(f"--label must be a digit 0..{(model.num_classes or 1) - 1}, got {args.label}")
     if args.num < 1:
@@ -153,48 +243,29 @@ def _sample(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command; returns the exit code (0, or 2 for anything the user can put right)."""
     try:
-        if args.command == "train":
-            fields = {f.name for f in dataclasses.fields(TrainConfig)}
-            config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-            result = train(config, args.out, resume=args.resume)
-            if torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
-            if os.environ.get("RANK", "0") == "0":
-                print(f"wrote {result['checkpoint']} and {args.out}/samples.png")
-        elif args.command == "train-classifier":
-            from .checkpoints import sha256
-            from .classifier import train_classifier
-
-            model, acc = train_classifier(epochs=args.epochs, seed=args.seed)
-            torch.save(model.state_dict(), args.out)
-            print(f"held-out accuracy {acc:.4f} on the 500 test digits; wrote {args.out} (SHA-256 {sha256(args.out)})")
-        elif args.command == "bench":
-            from .bench import benchmark, format_table
-
-            sizes = _numbers(args.batch_sizes, int, "--batch-sizes")
-            print(format_table(benchmark(args.preset, sizes, steps=args.steps, compile=args.compile)))
-        elif args.command == "evaluate":
-            _evaluate(args)
-        elif args.command == "exercises":
-            from .exercises import generate
-
-            for path in generate():
-                print(f"wrote {path}")
-        elif args.command == "figures":
-            from .config import get_device
-            from .figures import make_figures
-
-            for path in make_figures(args.out, args.steps, args.gif_steps, get_device()):
-                print(f"wrote {path}")
-        else:
-            _sample(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error (already reported in one line)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        args.func(args)
+    except (ValueError, OSError, FloatingPointError) as e:  # bad values, missing or unreadable files, a diverged run
+        print("ddpm: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message
         return 2
+    except torch.OutOfMemoryError:
+        print("ddpm: error: out of memory on the device; use a smaller --batch-size (or --num)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ddpm: interrupted (a training run saved its last step: continue with --resume)", file=sys.stderr)
+        return 130
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `ddpm` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -91,7 +91,8 @@ def load_checkpoint(path, *, model: UNet | None = None, diffusion: GaussianDiffu
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} could not be read as a checkpoint (corrupt, truncated or not a torch file): {e}") from e
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} could not be read as a checkpoint (corrupt, truncated or not a torch file): {first_line}") from e
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path} is not a ddpm_utils checkpoint (format {found!r}, expected {FORMAT!r})")

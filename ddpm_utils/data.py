@@ -105,7 +105,7 @@ def load_mnist(train: bool = True, source: str = "auto", root=None) -> MNISTTens
         try:
             ds = _torchvision(train, root, download=network_allowed())
         except RuntimeError as e:  # torchvision: "Dataset not found"
-            raise RuntimeError(f"torchvision MNIST files are not in {root} and the network is off; use source='bundled'") from e
+            raise FileNotFoundError(f"torchvision MNIST files are not in {root} and the network is off; use source='bundled'") from e
     else:
         try:
             ds = _torchvision(train, root, download=False)

@@ -35,7 +35,7 @@ from .unet import UNet, UNetConfig
 
 @dataclass
 class TrainConfig:
-    preset: str = "mnist"  # UNet preset (unet.PRESETS): "tiny" for tests and fast mode, "mnist" for the course model
+    preset: str = "mnist"  # UNet preset (notebook 04): "tiny" for tests, "small" for a CPU, "mnist" for a GPU
     unet: dict = field(default_factory=dict)  # overrides of the preset's UNetConfig fields, e.g. {"dropout": 0.0}
     schedule: str = "cosine"  # noise schedule name (schedules.make_betas)
     T: int = 1000  # diffusion steps

@@ -72,7 +72,7 @@ def test_reachable_gives_up_fast_on_a_dead_address():
 
 
 def test_torchvision_source_offline_without_files_says_what_to_do(tmp_path):
-    with pytest.raises(RuntimeError, match="torchvision MNIST files are not in .* use source='bundled'"):
+    with pytest.raises(FileNotFoundError, match="torchvision MNIST files are not in .* use source='bundled'"):
         load_mnist(source="torchvision", root=tmp_path)
 
 

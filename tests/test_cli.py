@@ -1,0 +1,82 @@
+"""The `ddpm` command: help from the config's comments, choices, --version, --device, and one-line errors with exit code 2."""
+
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from ddpm_utils import __version__, training
+from ddpm_utils.__main__ import field_help, main
+from ddpm_utils.training import TrainConfig
+
+
+def test_help_lists_every_command_and_train_options_explain_themselves(capsys):
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    for command in ("train", "sample", "evaluate", "bench", "train-classifier", "figures", "exercises"):
+        assert f"\n    {command}" in top, command
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    comments = field_help(TrainConfig)
+    assert set(comments) == {f.name for f in dataclasses.fields(TrainConfig)}  # every field documents itself
+    assert "peak AdamW learning rate (default 0.0002)" in text
+    assert "--amp {auto,bf16,fp16,off}" in text and "--preset {mnist,small,tiny}" in text and "--device DEVICE" in text
+    assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"ddpm_utils {__version__}"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished 2-step tiny run to resume and sample from."""
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--preset", "tiny", "--max-steps", "2", "--batch-size", "4", "--T", "20", "--sample-steps", "2",
+                 "--data-source", "bundled", "--device", "cpu", "--out", str(out)]) == 0
+    return out
+
+
+def bad_inputs(run, tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    tiny = ["--preset", "tiny", "--T", "20", "--batch-size", "4", "--data-source", "bundled", "--sample-steps", "2"]
+    return {  # arguments: words the one-line message must contain
+        "no command": ([], "required: COMMAND"),
+        "unknown command": (["paint"], "invalid choice: 'paint'"),
+        "not a number": (["train", "--out", str(tmp_path), "--batch-size", "abc"], "invalid int value: 'abc'"),
+        "unknown preset": (["train", "--out", str(tmp_path), "--preset", "huge"], "invalid choice: 'huge'"),
+        "unknown amp": (["train", "--out", str(tmp_path), "--amp", "fp8"], "invalid choice: 'fp8'"),
+        "zero steps": (["train", "--out", str(tmp_path), "--max-steps", "0"], "max_steps must be >= 1"),
+        "nothing to resume": (["train", *tiny, "--out", str(tmp_path / "none"), "--resume"], "no checkpoint file"),
+        "changed config": (["train", *tiny, "--max-steps", "2", "--lr", "0.5", "--out", str(run), "--resume"],
+                           "different TrainConfig"),
+        "label out of range": (["sample", "--checkpoint", str(run / "last.pt"), "--label", "12", "--out", "x.png"],
+                               "--label must be a digit 0..9, got 12"),
+        "missing checkpoint": (["sample", "--checkpoint", str(tmp_path / "nope.pt"), "--out", "x.png"], "no checkpoint file"),
+        "corrupt checkpoint": (["sample", "--checkpoint", str(corrupt), "--out", "x.png"], "could not be read as a checkpoint"),
+        "unwritable output": (["sample", "--checkpoint", str(run / "last.pt"), "--steps", "1", "--num", "2",
+                               "--out", str(tmp_path / "no" / "such" / "dir" / "x.png")], "does not exist"),
+        "bad step list": (["evaluate", "--checkpoint", str(run / "last.pt"), "--steps", "ten"], "--steps must be comma-separated"),
+        "bad batch sizes": (["bench", "--batch-sizes", "a,b"], "--batch-sizes must be comma-separated"),
+        "not a device": (["sample", "--device", "gpu0", "--out", "x.png"], "is not a device name"),
+    } | ({} if torch.cuda.is_available() else {"no such GPU": (["sample", "--device", "cuda", "--out", "x.png"],
+                                                               "no CUDA GPU is available")})
+
+
+def message_lines(err: str) -> list[str]:
+    """stderr without the progress bars' lines: what the user reads as the error."""
+    return [line for line in re.split(r"[\r\n]+", err) if line.strip() and "it/s]" not in line]
+
+
+def test_every_user_error_is_one_line_and_exit_code_2(run, tmp_path, capsys):
+    for name, (args, words) in bad_inputs(run, tmp_path).items():
+        assert main(args) == 2, name
+        err = capsys.readouterr().err
+        assert words in err and len(message_lines(err)) == 1 and "Traceback" not in err, (name, err)
+
+
+def test_a_diverging_run_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):
+    real_loss = training.GaussianDiffusion.training_loss
+    monkeypatch.setattr(training.GaussianDiffusion, "training_loss", lambda self, *a, **k: real_loss(self, *a, **k) * float("nan"))
+    args = ["train", "--preset", "tiny", "--T", "20", "--batch-size", "4", "--data-source", "bundled", "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "loss is nan at step 0" in err and len(message_lines(err)) == 1 and "Traceback" not in err
