@@ -4,6 +4,8 @@ One module per concept: schedules, diffusion (forward process, posterior, losses
 samplers (DDPM, DDIM), guidance (classifier-free), embeddings, unet, data, checkpoints, config.
 """
 
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
+
 from .checkpoints import load_checkpoint, load_pretrained, save_checkpoint
 from .config import fast_mode, get_device, seed_everything
 from .data import load_mnist
@@ -13,8 +15,6 @@ from .guidance import guided_eps
 from .samplers import ddim_step, ddpm_step, sample
 from .schedules import cosine_betas, linear_betas, make_betas
 from .unet import UNet, UNetConfig
-
-__version__ = "0.1.0"
 
 __all__ = [
     "GaussianDiffusion", "UNet", "UNetConfig", "cosine_betas", "ddim_step", "ddpm_step", "extract",

@@ -23,7 +23,7 @@ BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 EXERCISES = NOTEBOOKS / "exercises"
 NOTE = ("> **Exercise version.** Write the code where it says `# YOUR CODE HERE` (delete the `raise NotImplementedError`), "
         "then run the check cell below it: it tests your code on small cases and gives a hint when something is off. "
-        "Stuck? The solution is in [`../{name}`](../{name}).")
+        "Stuck? The solution is the lesson notebook [`{name}`]({url}) (it opens in Colab; locally it is `notebooks/{name}`).")
 
 
 def strip_solutions(source: str) -> str:
@@ -59,7 +59,7 @@ def make_exercise(nb: dict, name: str) -> dict:
     header = "".join(nb["cells"][0]["source"])
     header = header.replace(colab_url(name), colab_url(f"exercises/{name}"))
     header = re.sub(r"^(# .*)$", r"\1 (exercises)", header, count=1, flags=re.M)
-    header = header.replace("\n\n**You will learn**", "\n\n" + NOTE.format(name=name) + "\n\n**You will learn**", 1)
+    header = header.replace("\n\n**You will learn**", "\n\n" + NOTE.format(name=name, url=colab_url(name)) + "\n\n**You will learn**", 1)
     nb["cells"][0]["source"] = header.splitlines(keepends=True)
     return nb
 

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
 from .config import fast_mode, get_device, seed_everything
 
 REPO_URL = "https://github.com/YOUR-GITHUB-ORG/ddpm-course"  # placeholder until the course is published
+REPO_REF = f"v{__version__}"  # the git tag Colab installs: tag each release so that a push mid-term changes nothing for a class
 BRANCH = "main"
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -42,10 +44,10 @@ def setup(seed: int = 0) -> tuple[torch.device, bool]:
     return device, fast
 
 
-def sync_repo_url(url: str = REPO_URL, files=None) -> list[Path]:
-    """Rewrite the course's address in the notebooks' Colab install lines (`REPO = "..."`) and in
-    every Colab badge (notebooks and README.md) to `url`. Returns the files that changed."""
-    install = re.compile(r'(REPO = \\")https://github\.com/[\w.-]+/[\w.-]+(\\")')  # as written inside the .ipynb JSON
+def sync_repo_url(url: str = REPO_URL, files=None, ref: str = REPO_REF) -> list[Path]:
+    """Rewrite the course's address and tag in the notebooks' Colab install lines (`REPO, REF = "...", "..."`)
+    and the address in every Colab badge (notebooks and README.md). Returns the files that changed."""
+    install = re.compile(r'(REPO, REF = \\")https://github\.com/[\w.-]+/[\w.-]+(\\", \\")[^\\"]+(\\")')  # inside the .ipynb JSON
     colab = re.compile(r"colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/")
     owner_repo = url.removeprefix("https://github.com/")
     if files is None:
@@ -53,7 +55,7 @@ def sync_repo_url(url: str = REPO_URL, files=None) -> list[Path]:
     changed = []
     for path in map(Path, files):
         text = path.read_text()
-        new = install.sub(rf"\g<1>{url}\g<2>", colab.sub(f"colab.research.google.com/github/{owner_repo}/", text))
+        new = install.sub(rf"\g<1>{url}\g<2>{ref}\g<3>", colab.sub(f"colab.research.google.com/github/{owner_repo}/", text))
         if new != text:
             path.write_text(new)
             changed.append(path)

@@ -55,7 +55,7 @@ def test_exercise_notebook_has_stubs_no_solutions_and_its_own_badge(path):
     assert BEGIN not in text and "# YOUR CODE HERE" in text and "raise NotImplementedError" in text
     header = "".join(nb["cells"][0]["source"])
     assert f"]({colab_url('exercises/' + path.name)})" in header and "(exercises)" in header.splitlines()[0]
-    assert f"](../{path.name})" in header  # points to the solution
+    assert f"]({colab_url(path.name)})" in header  # points to the solution, by an address that opens on Colab too
     assert colab_url("exercises/" + path.name) in (NOTEBOOKS.parent / "README.md").read_text()
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
 

@@ -1,7 +1,9 @@
 """`ddpm_utils.notebook` (setup cell helpers) and the shape every lesson notebook keeps."""
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 import torch
 
 from ddpm_utils import notebook
-from ddpm_utils.notebook import REPO_URL, colab_url, setup, sync_repo_url
+from ddpm_utils.notebook import REPO_REF, REPO_URL, colab_url, setup, sync_repo_url
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -52,11 +54,60 @@ def test_sync_repo_url_rewrites_badges_and_install_lines(tmp_path):
     assert sync_repo_url(new, copies) == copies
     for path in copies[:-1]:
         text = path.read_text()
-        assert REPO_URL not in text and f'REPO = \\"{new}\\"' in text
+        assert REPO_URL not in text and f'REPO, REF = \\"{new}\\", \\"{REPO_REF}\\"' in text
         assert f"colab.research.google.com/github/someone/else-course/blob/main/notebooks/{path.name}" in text
     readme = copies[-1].read_text()
     assert "github/someone/else-course/blob/main/notebooks/01_" in readme and "github.com/rasbt/mlxtend" in readme
     assert sync_repo_url(new, copies) == []  # idempotent
+
+
+def colab_block(path) -> str:
+    """The setup cell's Colab part, runnable on its own."""
+    cell = source(cells(path)[1])
+    block = cell[cell.index('if "google.colab" in sys.modules:'):cell.index("from ddpm_utils.notebook import setup")]
+    return "import importlib.util\nimport os\nimport subprocess\nimport sys\n" + block
+
+
+class FakePip:
+    """subprocess.run stand-in: records the command and GIT_TERMINAL_PROMPT, answers with `returncode`."""
+
+    def __init__(self, returncode=0, stderr=""):
+        self.calls, self.returncode, self.stderr = [], returncode, stderr
+
+    def __call__(self, command, **kwargs):
+        self.calls.append((command, os.environ.get("GIT_TERMINAL_PROMPT")))
+        return subprocess.CompletedProcess(command, self.returncode, "", self.stderr)
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.name for p in LESSONS])
+def test_colab_setup_cell_installs_the_pinned_tag_once_and_fails_kindly(path, monkeypatch):
+    import ddpm_utils
+
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.delenv("GIT_TERMINAL_PROMPT", raising=False)
+    code = colab_block(path)
+    published = code.replace(REPO_URL, "https://github.com/a-school/ddpm-course")
+
+    pip = FakePip()  # the right version is already importable: nothing to install, re-running is instant
+    monkeypatch.setattr(subprocess, "run", pip)
+    exec(published, {})
+    assert pip.calls == []
+
+    monkeypatch.setattr(ddpm_utils, "__version__", "0.0.1")  # an older version (or none) is installed
+    exec(published, {})
+    (command, prompt), = pip.calls
+    assert command[-1] == f"ddpm_utils @ git+https://github.com/a-school/ddpm-course@{REPO_REF}" and prompt == "0"
+    assert "--force-reinstall" not in command  # never reinstall Colab's torch
+
+    monkeypatch.setattr(subprocess, "run", FakePip(128, "fatal: could not read Username for 'https://github.com'"))
+    with pytest.raises(SystemExit, match="Could not install .* fatal: could not read Username .* run this cell again"):
+        exec(published, {})  # a private repository or no network: one readable message, not a CalledProcessError
+
+    pip = FakePip()
+    monkeypatch.setattr(subprocess, "run", pip)
+    with pytest.raises(SystemExit, match="REPO above is a placeholder"):
+        exec(code, {})  # the unpublished placeholder address: say so before trying
+    assert pip.calls == []
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=[p.name for p in LESSONS])
@@ -67,7 +118,7 @@ def test_lesson_notebook_shape(path):
     first, setup_cell = source(nb["cells"][0]), source(nb["cells"][1])
     assert first.startswith(f"# {path.name[:2]} · ")
     assert f"]({colab_url(path.name)})" in first and "**You will learn**" in first and "**Time:**" in first
-    assert f'REPO = "{REPO_URL}"' in setup_cell and "device, FAST = setup(seed=0)" in setup_cell
+    assert f'REPO, REF = "{REPO_URL}", "{REPO_REF}"' in setup_cell and "device, FAST = setup(seed=0)" in setup_cell
     assert '"pip", "install"' in setup_cell and "--force-reinstall" not in setup_cell  # never reinstall torch on Colab
 
 

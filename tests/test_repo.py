@@ -28,14 +28,55 @@ def test_ci_runs_exactly_the_readme_test_command_last():
     assert "rm -rf .venv" in ci and any(line.startswith(".venv/bin/ruff check") for line in ci)
 
 
+def declared(block: str) -> dict[str, str]:
+    """Requirement strings of a `name = [...]` list in pyproject.toml, by package name."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    body = re.search(rf"^{block} = \[(.*?)\]", pyproject, flags=re.S | re.M).group(1)
+    reqs = re.findall(r'"([^"]+)"', body)
+    return {re.split(r"[<>=!~ \[]", r)[0].lower(): r for r in reqs}
+
+
 def test_requirements_use_ranges_not_pins():
+    run, test = declared("dependencies"), declared("test")
+    for needed in ["torch", "torchvision", "matplotlib", "ipywidgets", "einops", "numpy", "tqdm", "pillow"]:
+        assert needed in run, needed
+    for needed in ["jupyterlab", "nbval", "pytest", "ruff", "nbstripout"]:
+        assert needed in test, needed
+    assert not any("==" in r for r in [*run.values(), *test.values()]), "no exact pins: Colab ships its own versions"
+    assert run["ipywidgets"] == "ipywidgets>=7.7"  # Colab ships 7.7.1
     lines = [ln.split("#")[0].strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
-    reqs = {re.split(r"[<>=!~ ]", ln)[0].lower(): ln for ln in lines if ln and not ln.startswith("-")}
-    for needed in ["torch", "torchvision", "jupyterlab", "matplotlib", "ipywidgets", "nbval", "einops", "pytest"]:
-        assert needed in reqs, needed
-    assert not any("==" in ln for ln in reqs.values()), "no exact pins: Colab ships its own versions"
-    assert reqs["ipywidgets"] == "ipywidgets>=7.7"  # Colab ships 7.7.1
-    assert "-e ." in lines  # the course package itself
+    assert [ln for ln in lines if ln] == ["-e .[test]"]  # README's one-line setup: the package, its extras, nothing else
+
+
+def test_imports_are_declared():
+    """Every third-party module the package imports is a declared dependency (Pillow was not)."""
+    import ast
+
+    imported = set()
+    for path in (ROOT / "ddpm_utils").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    stdlib = {"__future__", "argparse", "copy", "dataclasses", "functools", "gzip", "hashlib", "inspect", "io", "json", "math",
+              "os", "pathlib", "random", "re", "shutil", "socket", "subprocess", "sys", "tempfile", "time", "typing",
+              "urllib", "warnings", "contextlib", "itertools", "collections", "importlib", "textwrap", "ast", "base64"}
+    module_to_package = {"PIL": "pillow", "einops": "einops", "matplotlib": "matplotlib", "numpy": "numpy", "torch": "torch",
+                         "torchvision": "torchvision", "tqdm": "tqdm", "ipywidgets": "ipywidgets", "IPython": "ipywidgets"}
+    third_party = imported - stdlib - {"ddpm_utils", "google"}  # google.colab: only inside Colab
+    unknown = third_party - set(module_to_package)
+    assert not unknown, f"imported but not mapped to a declared dependency: {unknown}"
+    run = declared("dependencies")
+    assert {module_to_package[m] for m in third_party} <= set(run)
+
+
+def test_version_is_written_once():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and 'attr = "ddpm_utils.__version__"' in pyproject
+    assert not re.search(r'^version = "', pyproject, flags=re.M)
+    assert f"## {ddpm_utils.__version__} " in (ROOT / "CHANGELOG.md").read_text()
+    assert f"version: {ddpm_utils.__version__}" in (ROOT / "CITATION.cff").read_text()
 
 
 def test_bundled_data_is_packaged():
@@ -69,3 +110,22 @@ def test_design_api_signatures():
     assert list(inspect.signature(gd.predict_x0_from_eps).parameters) == ["self", "x_t", "t", "eps"]
     assert inspect.signature(ddpm_utils.sample).parameters["num_steps"].kind is inspect.Parameter.KEYWORD_ONLY
     assert inspect.signature(ddpm_utils.sinusoidal_embedding).parameters["max_period"].default == 10000
+
+
+def test_wheel_holds_the_assets_the_licences_and_the_ddpm_command(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w", str(tmp_path)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("ddpm_utils-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for asset in ("ddpm_mnist.pt", "mnist_5k.npz", "mnist_classifier.pt"):
+        assert f"ddpm_utils/assets/{asset}" in names, asset
+    assert any(n.endswith("licenses/LICENSE") for n in names) and any(n.endswith("licenses/LICENSE-CONTENT.md") for n in names)
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "ddpm = ddpm_utils.__main__:cli" in entry_points
+    script = Path(sys.executable).parent / "ddpm"  # installed by `pip install -e .[test]` (requirements.txt)
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"ddpm_utils {ddpm_utils.__version__}"
