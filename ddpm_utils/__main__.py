@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     except (ValueError, OSError, FloatingPointError) as e:  # bad values, missing or unreadable files, a diverged run
         print("ddpm: error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, whatever the message
         return 2
-    except torch.OutOfMemoryError:
+    except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError: torch >= 2.5
         print("ddpm: error: out of memory on the device; use a smaller --batch-size (or --num)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -196,7 +196,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
         changed = {k: (v, then[k]) for k, v in dataclasses.asdict(config).items()
                    if k != "max_steps" and then[k] != v}  # only max_steps may change
         if changed:
-            raise ValueError(f"{path} was trained with a different TrainConfig (now vs then): {changed}")
+            raise ValueError(f"{path} was trained with a different TrainConfig (now vs then): {changed}. To train with "
+                             f"the new settings, start afresh in another run folder (or delete {path}); to continue, use the old ones")
         ema.load_state_dict(ckpt.data["ema"])
         optimizer.load_state_dict(ckpt.data["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

@@ -22,10 +22,23 @@ def test_readme_gives_exactly_two_one_line_commands():
         assert c.startswith("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && ")
 
 
-def test_ci_runs_exactly_the_readme_test_command_last():
+def test_ci_runs_exactly_the_readme_test_command_then_the_pinned_versions():
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
-    assert ci[-1] == readme_commands()[1]
-    assert "rm -rf .venv" in ci and any(line.startswith(".venv/bin/ruff check") for line in ci)
+    readme = ci.index(readme_commands()[1])  # verbatim, as a line of its own
+    assert "rm -rf .venv" in ci[:readme] and any(line.startswith(".venv/bin/ruff check") for line in ci[:readme])
+    assert "for pins in colab lower-bounds; do" in ci[readme + 1:]
+    colab = (ROOT / ".ci" / "colab.txt").read_text()
+    assert "torch==2.11.0" in colab and "ipywidgets==7.7.1" in colab  # Colab, late 2026
+    floors = dict(re.findall(r"^([\w-]+)==([\d.]+)", (ROOT / ".ci" / "lower-bounds.txt").read_text(), flags=re.M))
+    def release(v):  # "2.3.0" and "2.3" are the same floor
+        parts = [int(p) for p in v.split(".") if p]
+        while parts and parts[-1] == 0:
+            parts.pop()
+        return parts
+
+    for name, requirement in declared("dependencies").items():
+        assert requirement.startswith(f"{name}>=") and name in floors, f"{name} ({requirement}) has no tested floor"
+        assert release(requirement.split(">=")[1]) == release(floors[name]), f"{name}: declared {requirement}, tested {floors[name]}"
 
 
 def declared(block: str) -> dict[str, str]:
@@ -117,7 +130,7 @@ def test_wheel_holds_the_assets_the_licences_and_the_ddpm_command(tmp_path):
     import sys
     import zipfile
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w", str(tmp_path)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(ROOT), "-w", str(tmp_path)],
                    check=True, capture_output=True)
     (wheel,) = tmp_path.glob("ddpm_utils-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

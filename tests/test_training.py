@@ -94,7 +94,8 @@ def test_non_finite_loss_or_weights_stop_with_a_clear_message_and_no_nan_is_save
 
 def test_resume_refuses_a_different_config(tmp_path):
     train(dataclasses.replace(CFG, max_steps=3), tmp_path, progress=False)
-    with pytest.raises(ValueError, match="different TrainConfig \\(now vs then\\): \\{'lr': \\(0.001, 0.0002\\)\\}"):
+    with pytest.raises(ValueError, match="different TrainConfig \\(now vs then\\): \\{'lr': \\(0.001, 0.0002\\)\\}. To train with "
+                                         "the new settings, start afresh in another run folder"):
         train(dataclasses.replace(CFG, lr=1e-3), tmp_path, resume=True, progress=False)
     with pytest.raises(FileNotFoundError, match="no checkpoint file"):
         train(CFG, tmp_path / "missing", resume=True, progress=False)
