@@ -14,8 +14,9 @@ For a batch of samples:
 - **memorisation**: the pixel distance from each sample to its nearest training image, next to the
   same distance for held-out real digits. Copies of training images would sit far below it.
 - **uncertainty**: with the 100-1,000 samples a CPU affords, differences between settings are often
-  noise. `score` gives a 95 % (Wilson) interval for the accuracy, and `Evaluator.fd_interval` a
-  bootstrap interval for the FD; report them next to the numbers.
+  noise. `score` gives a 95 % (Wilson) interval for the accuracy, `Evaluator.fd_interval` a
+  bootstrap interval for the FD, and `Evaluator.fd_difference_interval` a paired one for the
+  difference of two settings sampled from the same noise; report them next to the numbers.
 - **bits/dim** (`bits_per_dim`): the model's own likelihood bound on held-out digits, needing no classifier.
 
 `python -m ddpm_utils evaluate` prints these as a table.

@@ -2,6 +2,8 @@
 
 - `linear_gaussian_elbo`: z ~ N(0, 1), x | z ~ N(z, noise_var); log p(x), the ELBO and its gap in closed form.
 - `IdealDenoiser`: the best possible eps prediction when the data are a finite set of images.
+- `GaussianMixture`: points from a mixture of isotropic Gaussians, whose noised density p_t, score and
+  E[eps | x_t] are known in closed form at every noise level (the score view, notebook 10).
 """
 
 from __future__ import annotations
@@ -64,3 +66,80 @@ class IdealDenoiser(nn.Module):
         abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         x0 = torch.einsum("bn,nchw->bchw", self.x0_weights(x, t), self.data)  # E[x0 | x_t]
         return ((x.double() - abar.sqrt() * x0) / (1 - abar).sqrt()).to(x.dtype)
+
+
+class GaussianMixture:
+    """A mixture of K isotropic Gaussians in D dimensions, optionally one class label per component.
+
+    Noising keeps it a mixture: under x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, component k becomes
+    N(sqrt(abar) m_k, (abar s_k^2 + 1 - abar) I). So at every noise level the density p_t, its score
+    grad log p_t, E[eps | x_t] = -sqrt(1 - abar) grad log p_t and E[x0 | x_t] (Tweedie's formula) are
+    exact: "learned vs exact" becomes a number. `abar` is a float or a (B,) tensor; `y` (B,) keeps the
+    components of each row's class, and a row with y = num_classes (the null label) keeps all of them.
+    """
+
+    def __init__(self, means, stds, weights=None, labels=None):
+        self.means = torch.as_tensor(means, dtype=torch.float64)  # (K, D)
+        K = len(self.means)
+        self.stds = torch.as_tensor(stds, dtype=torch.float64).expand(K).clone()  # (K,)
+        self.weights = torch.full((K,), 1.0 / K, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        if self.means.ndim != 2 or K < 1:
+            raise ValueError(f"means must have shape (K, D) with K >= 1, got {tuple(self.means.shape)}")
+        if not bool((self.stds > 0).all()):
+            raise ValueError(f"stds must be > 0, got {self.stds.tolist()}")
+        if self.weights.shape != (K,) or not bool((self.weights > 0).all()):
+            raise ValueError(f"weights must be K = {K} positive numbers, got {self.weights.tolist()}")
+        if self.labels is not None and (self.labels.shape != (K,) or bool((self.labels < 0).any())):
+            raise ValueError(f"labels must be K = {K} class indices >= 0, got {self.labels.tolist()}")
+        self.weights = self.weights / self.weights.sum()
+        self.num_classes = None if self.labels is None else int(self.labels.max()) + 1
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n points x0 (n, D) and the class (or, without labels, the component) of each (n,)."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        x0 = self.means[k] + self.stds[k, None] * torch.randn(n, self.means.shape[1], dtype=torch.float64, generator=generator)
+        return x0, (k if self.labels is None else self.labels[k])
+
+    def _log_components(self, x, abar, y):
+        """log(w_k N(x; sqrt(abar) m_k, v_k I)) (B, K), the centres (B, K, D) and the variances v_k (B, K)."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        if x.ndim != 2 or x.shape[1] != self.means.shape[1]:
+            raise ValueError(f"x must have shape (B, {self.means.shape[1]}), got {tuple(x.shape)}")
+        abar = torch.as_tensor(abar, dtype=torch.float64).expand(len(x))[:, None]  # (B, 1)
+        centres = abar.sqrt()[..., None] * self.means  # (B, K, D)
+        var = abar * self.stds**2 + 1 - abar  # (B, K)
+        log_w = self.weights.log().expand(len(x), -1)
+        if y is not None:
+            if self.labels is None:
+                raise ValueError("this mixture has no labels; call it with y=None")
+            y = torch.as_tensor(y, dtype=torch.long).expand(len(x))
+            if bool(((y < 0) | (y > self.num_classes)).any()):
+                raise ValueError(f"y must lie in 0..{self.num_classes} ({self.num_classes} = null label), got {y.tolist()}")
+            keep = (self.labels[None, :] == y[:, None]) | (y[:, None] == self.num_classes)  # (B, K)
+            log_w = log_w.masked_fill(~keep, -math.inf)
+        sq = ((x[:, None, :] - centres) ** 2).sum(-1)  # (B, K)
+        log_n = -0.5 * (x.shape[1] * torch.log(2 * math.pi * var) + sq / var)
+        return log_w + log_n, centres, var
+
+    def log_prob(self, x, abar, y=None) -> torch.Tensor:
+        """log p_t(x) (B,) (or log p_t(x | y)) at noise level abar (abar = 1: the data density)."""
+        log_joint, _, _ = self._log_components(x, abar, y)
+        return log_joint.logsumexp(1)
+
+    def score(self, x, abar, y=None) -> torch.Tensor:
+        """grad_x log p_t(x) (B, D): each component's score -(x - centre) / v, weighted by its posterior probability."""
+        log_joint, centres, var = self._log_components(x, abar, y)
+        resp = log_joint.softmax(1)  # (B, K) which component x_t came from
+        x = torch.as_tensor(x, dtype=torch.float64)
+        return (resp[..., None] * -(x[:, None, :] - centres) / var[..., None]).sum(1)
+
+    def eps(self, x, abar, y=None) -> torch.Tensor:
+        """E[eps | x_t] (B, D) = -sqrt(1 - abar) grad log p_t(x_t): the best possible noise prediction."""
+        abar = torch.as_tensor(abar, dtype=torch.float64).expand(len(x))[:, None]
+        return -(1 - abar).sqrt() * self.score(x, abar[:, 0], y)
+
+    def posterior_mean(self, x, abar, y=None) -> torch.Tensor:
+        """E[x0 | x_t] (B, D) = (x_t + (1 - abar) grad log p_t(x_t)) / sqrt(abar) (Tweedie's formula)."""
+        abar = torch.as_tensor(abar, dtype=torch.float64).expand(len(x))[:, None]
+        return (torch.as_tensor(x, dtype=torch.float64) + (1 - abar) * self.score(x, abar[:, 0], y)) / abar.sqrt()

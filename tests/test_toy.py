@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddpm_utils.diffusion import GaussianDiffusion
-from ddpm_utils.toy import IdealDenoiser, linear_gaussian_elbo, linear_gaussian_posterior
+from ddpm_utils.toy import GaussianMixture, IdealDenoiser, linear_gaussian_elbo, linear_gaussian_posterior
 
 
 def test_elbo_is_below_log_px_and_tight_at_the_true_posterior():
@@ -55,3 +55,55 @@ def test_ideal_denoiser_weights_and_prediction():
     torch.testing.assert_close(single(x_t, t), noise, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="data must have shape \\(N, C, H, W\\)"):
         IdealDenoiser(diffusion, torch.zeros(3, 4))
+
+
+def two_class_mixture():
+    """Four 2-D blobs, two per class, of different widths and weights."""
+    return GaussianMixture(means=[[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, -2.0]], stds=[0.3, 0.5, 0.4, 0.2],
+                           weights=[1.0, 2.0, 1.0, 1.0], labels=[0, 0, 1, 1])
+
+
+@pytest.mark.parametrize("abar", [0.999, 0.5, 0.01])
+def test_mixture_score_is_the_gradient_of_its_log_density(abar):
+    mix = two_class_mixture()
+    x = (torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2).requires_grad_(True)
+    for y in (None, torch.tensor([0, 1, 2, 1] * 16)):  # 2 = the null label: unconditional rows
+        grad = torch.autograd.grad(mix.log_prob(x, abar, y).sum(), x)[0]
+        torch.testing.assert_close(mix.score(x.detach(), abar, y), grad)
+    # at abar = 1 the noised density is the data's: a single blob's log density by hand
+    one = GaussianMixture(means=[[1.0, -1.0]], stds=[0.5])
+    point = torch.tensor([[0.2, 0.3]], dtype=torch.float64)
+    by_hand = -math.log(2 * math.pi * 0.25) - ((point - torch.tensor([1.0, -1.0])) ** 2).sum() / (2 * 0.25)
+    torch.testing.assert_close(one.log_prob(point, 1.0), by_hand.reshape(1))
+
+
+def test_mixture_eps_is_the_best_noise_prediction_and_tweedie_holds():
+    mix, g, n, abar = two_class_mixture(), torch.Generator().manual_seed(1), 200_000, 0.4
+    x0, labels = mix.sample(n, generator=g)
+    eps = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x_t = abar**0.5 * x0 + (1 - abar) ** 0.5 * eps
+    for y in (None, labels):
+        residual = eps - mix.eps(x_t, abar, y)  # E[eps | x_t] leaves a residual uncorrelated with any function of x_t
+        for feature in (torch.ones(n, 1, dtype=torch.float64), x_t, x_t**2):
+            moment = (residual[:, :, None] * feature[:, None, :]).flatten(1)
+            assert (moment.mean(0).abs() < 5 * moment.std(0) / n**0.5).all()
+        best = (residual**2).mean()
+        assert best < ((eps - 0.9 * mix.eps(x_t, abar, y)) ** 2).mean() and best < ((eps - x_t) ** 2).mean()
+    torch.testing.assert_close(mix.posterior_mean(x_t[:5], abar), (x_t[:5] - (1 - abar) ** 0.5 * mix.eps(x_t[:5], abar)) / abar**0.5)
+    residual0 = x0 - mix.posterior_mean(x_t, abar)  # Tweedie: E[x0 | x_t], checked the same way
+    assert (residual0.mean(0).abs() < 5 * residual0.std(0) / n**0.5).all()
+    assert torch.bincount(labels).tolist() == pytest.approx([0.6 * n, 0.4 * n], rel=0.01)  # weights 3 : 2 by class
+
+
+def test_mixture_rejects_bad_input():
+    with pytest.raises(ValueError, match="stds must be > 0"):
+        GaussianMixture(means=[[0.0, 0.0]], stds=[0.0])
+    with pytest.raises(ValueError, match="weights must be K = 2 positive"):
+        GaussianMixture(means=[[0.0, 0.0], [1.0, 1.0]], stds=1.0, weights=[1.0, -1.0])
+    mix = two_class_mixture()
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 2\)"):
+        mix.score(torch.zeros(3, 3), 0.5)
+    with pytest.raises(ValueError, match="y must lie in 0..2"):
+        mix.score(torch.zeros(2, 2), 0.5, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="has no labels"):
+        GaussianMixture(means=[[0.0, 0.0]], stds=1.0).score(torch.zeros(1, 2), 0.5, torch.tensor([0]))
