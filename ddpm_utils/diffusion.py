@@ -91,8 +91,8 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale) -> torch.Tensor:
 
 
 def _check_images(x: torch.Tensor, name: str = "x0") -> None:
-    if x.ndim != 4:
-        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if x.ndim not in (2, 4):
+        raise ValueError(f"{name} must have shape (B, C, H, W) (images) or (B, D) (points), got {tuple(x.shape)}")
 
 
 def _check_eps(eps: torch.Tensor, x: torch.Tensor) -> None:

@@ -141,7 +141,7 @@ def sample(
     generator=None,
     return_trajectory=False,
     progress=True,
-    clip_x0=True,  # clip the predicted x0 to [-1, 1] at every step
+    clip_x0=None,  # clip the predicted x0 to the data range [-1, 1] at every step; None = for images, not points
     variance="posterior",  # ancestral DDPM only: "posterior" (beta-tilde_t) or "beta" (beta_t)
     trajectory_at=None,  # timesteps to record when return_trajectory; None = every step walked
     x_T=None,  # starting noise (B, C, H, W); None = drawn from `generator`
@@ -154,11 +154,13 @@ def sample(
     - `y` (int or (B,) labels) with `guidance_scale` s: eps = eps_uncond + s (eps_cond - eps_uncond).
     - whatever the model predicts (`diffusion.prediction`) is read as eps by `diffusion.read_output`;
       a model with learned variances uses them in ancestral steps.
-    Returns x_0 (B, C, H, W), or (x_0, trajectory) where trajectory is a dict of CPU tensors
+    Points (B, D) work the same way (notebook 10). Returns x_0 (B, C, H, W), or (x_0, trajectory) where trajectory is a dict of CPU tensors
     `t` (K,), `x_t` (K, B, C, H, W) (the input of each recorded step) and `x0_pred` (K, B, C, H, W).
     """
-    if len(shape) != 4:
-        raise ValueError(f"shape must be (B, C, H, W), got {tuple(shape)}")
+    if len(shape) not in (2, 4):
+        raise ValueError(f"shape must be (B, C, H, W) (images) or (B, D) (points), got {tuple(shape)}")
+    if clip_x0 is None:
+        clip_x0 = len(shape) == 4  # images live in [-1, 1]; points (notebook 10) anywhere
     device = _device(model, diffusion)
     ancestral = num_steps is None and eta is None
     pairs = timestep_pairs(diffusion.num_timesteps, num_steps)

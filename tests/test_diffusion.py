@@ -172,8 +172,8 @@ def test_bad_inputs_raise_clear_errors(diffusion):
         diffusion.q_sample(x0, torch.tensor([5, 100]))
     with pytest.raises(ValueError, match="integer timesteps"):
         diffusion.q_sample(x0, torch.tensor([0.5, 1.0]))
-    with pytest.raises(ValueError, match="x0 must have shape \\(B, C, H, W\\)"):
-        diffusion.training_loss(LinearEps(100), torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="x0 must have shape \\(B, C, H, W\\) \\(images\\) or \\(B, D\\) \\(points\\)"):
+        diffusion.training_loss(LinearEps(100), torch.zeros(4, 4, 4))
     with pytest.raises(ValueError, match="p_uncond must lie in \\[0, 1\\]"):
         diffusion.training_loss(LinearEps(100), x0, y=torch.tensor([1, 2]), p_uncond=1.5)
     with pytest.raises(ValueError, match="needs a class-conditional model"):
