@@ -30,7 +30,7 @@ from . import __version__
 from .checkpoints import load_checkpoint, load_pretrained
 from .data import SOURCES
 from .diffusion import PREDICTIONS, WEIGHTINGS
-from .samplers import sample
+from .samplers import SAMPLERS, sample
 from .schedules import SCHEDULES
 from .training import TrainConfig, train
 from .unet import PRESETS
@@ -84,16 +84,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
     s.add_argument("--label", type=int, help="digit 0-9 to draw (default: one row per digit)")
     s.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance scale s (default 3)")
-    s.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50; 0 = all T ancestral DDPM steps)")
+    s.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddpm (ancestral), ddim or dpm-solver++ (default ddim)")
+    s.add_argument("--steps", type=int, default=50, help="sampling steps (default 50; 0 = all T ancestral DDPM steps)")
     s.add_argument("--num", type=int, default=100, help="number of images (default 100)")
     s.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
 
     e = command("evaluate", _evaluate, "score samples with the MNIST classifier (accuracy, FD, memorisation, bits/dim)")
     e.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
-    e.add_argument("--steps", default="50", help="comma-separated DDIM step counts; 0 = all T ancestral DDPM steps (default 50)")
+    e.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddpm (ancestral), ddim or dpm-solver++ (default ddim)")
+    e.add_argument("--steps", default="50", help="comma-separated step counts; 0 = all T ancestral DDPM steps (default 50)")
     e.add_argument("--guidance-scale", default="3", help="comma-separated guidance scales (default 3)")
     e.add_argument("--unconditional", action="store_true", help="also score unconditional samples")
-    e.add_argument("--ancestral", action="store_true", help="ancestral DDPM respaced to each --steps count instead of DDIM")
+    e.add_argument("--ancestral", action="store_true", help="the same as --sampler ddpm (respaced to each --steps count)")
     e.add_argument("--nll", type=int, default=0, metavar="N",
                    help="also the bound in bits/dim on N held-out digits (all T terms: T network evaluations per digit, slow)")
     e.add_argument("--num", type=int, default=500, help="samples per setting (default 500)")
@@ -201,10 +203,10 @@ def _evaluate(args) -> None:
     rows = [{"setting": "real training digits", **evaluator.score_real(args.num, args.seed)}]
     settings = [(n, s, True) for n in steps for s in scales] + [(n, 1.0, False) for n in steps if args.unconditional]
     for n, s, conditional in settings:
-        sampler = f"DDPM {n or diffusion.num_timesteps}" if args.ancestral or not n else f"DDIM {n}"
-        name = f"{sampler}, " + (f"s={s:g}" if conditional else "uncond.")
+        sampler = "ddpm" if args.ancestral or not n else args.sampler
+        name = f"{sampler.upper()} {n or diffusion.num_timesteps}, " + (f"s={s:g}" if conditional else "uncond.")
         images, labels, seconds = generate(model, diffusion, args.num, steps=n or None, guidance_scale=s,
-                                           conditional=conditional, seed=args.seed, ancestral=args.ancestral)
+                                           conditional=conditional, seed=args.seed, sampler=sampler)
         rows.append({"setting": name, "seconds": seconds, **evaluator.score(images, labels)})
         print(format_table(rows[-1:]).splitlines()[1], flush=True)  # one line per setting as it finishes
     print(format_table(rows))
@@ -235,7 +237,8 @@ def _sample(args) -> None:
     else:
         y = torch.arange(args.num) % 10 if model.num_classes else None
     c, size = model.config.in_channels, model.config.image_size
-    images = sample(model, diffusion, (args.num, c, size, size), num_steps=args.steps or None, y=y,
+    images = sample(model, diffusion, (args.num, c, size, size), sampler="ddpm" if args.steps == 0 else args.sampler,
+                    num_steps=args.steps or None, y=y,
                     guidance_scale=args.guidance_scale if y is not None else 1.0,
                     generator=torch.Generator().manual_seed(args.seed))
     save_image((images + 1) / 2, args.out, nrow=10)

@@ -30,7 +30,7 @@ import torch
 
 from .classifier import load_classifier
 from .data import load_mnist
-from .samplers import respace, sample
+from .samplers import sample
 
 
 @torch.no_grad()
@@ -181,20 +181,19 @@ class Evaluator:
 
 
 def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale: float = 3.0, conditional: bool = True,
-             seed: int = 0, batch_size: int = 250, ancestral: bool = False,
+             seed: int = 0, batch_size: int = 250, ancestral: bool = False, sampler: str | None = None,
              progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """n samples (labels 0..9 in turn if `conditional`, else unconditional): (images, labels, seconds).
 
     `steps`: DDIM steps, or all T ancestral steps if None; with `ancestral=True`, ancestral DDPM
-    respaced to `steps` (Nichol & Dhariwal 2021), which uses a model's learned variances.
+    respaced to `steps` (Nichol & Dhariwal 2021), which uses a model's learned variances. A `sampler`
+    name ("ddpm", "ddim", "dpm-solver++") overrides both.
     `progress` shows a bar over the sampling steps of each batch.
     """
     device = next(model.parameters()).device
     if conditional and not model.num_classes:
         raise ValueError("this model is unconditional; evaluate it with conditional=False")
-    if ancestral and steps is not None:
-        model, diffusion = respace(model, diffusion, steps)
-        steps = None
+    sampler = sampler or ("ddpm" if ancestral or steps is None else "ddim")
     labels = torch.arange(n, device=device) % 10 if conditional else None
     generator = torch.Generator(device).manual_seed(seed)
     c, size = model.config.in_channels, model.config.image_size
@@ -202,7 +201,7 @@ def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale
     for i in range(0, n, batch_size):
         y = labels[i: i + batch_size] if conditional else None
         m = min(batch_size, n - i)
-        chunks.append(sample(model, diffusion, (m, c, size, size), num_steps=steps, y=y,
+        chunks.append(sample(model, diffusion, (m, c, size, size), sampler=sampler, num_steps=steps, y=y,
                              guidance_scale=guidance_scale if conditional else 1.0, generator=generator, progress=progress).cpu())
     return torch.cat(chunks), labels.cpu() if conditional else None, time.perf_counter() - start
 

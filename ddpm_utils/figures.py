@@ -19,7 +19,7 @@ from . import viz
 from .checkpoints import load_pretrained
 from .data import load_mnist
 from .diffusion import GaussianDiffusion
-from .samplers import respace, sample
+from .samplers import sample
 from .schedules import SCHEDULES, make_betas
 from .training import sample_grid
 
@@ -95,8 +95,7 @@ def make_figures(out="images", steps: int = 50, gif_steps: int = 50, device="cpu
     fig = guidance_figure(guidance_grid(model, diffusion, steps))
     fig.axes[0].set_title("Classifier-free guidance: one digit per row, one scale per column")
     save(fig, "guidance.png")
-    m, d = respace(model, diffusion, gif_steps)
-    _, trajectory = sample(m, d, (10, 1, 28, 28), y=torch.arange(10), guidance_scale=3.0, return_trajectory=True,
-                           generator=torch.Generator().manual_seed(0), progress=False)
+    _, trajectory = sample(model, diffusion, (10, 1, 28, 28), sampler="ddpm", num_steps=gif_steps, y=torch.arange(10),
+                           guidance_scale=3.0, return_trajectory=True, generator=torch.Generator().manual_seed(0), progress=False)
     paths.append(viz.save_gif(trajectory, out / "denoising.gif", nrow=10, scale=2))
     return paths

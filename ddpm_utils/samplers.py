@@ -6,6 +6,9 @@
 | `ddim_step`                 | Song et al. 2021 (DDIM), Eq. (12), sigma from Eq. (16)      |
 | `t_prev = -1`               | "before the first step": alpha-bar = 1 (never index [-1])   |
 | `respace`                   | Nichol & Dhariwal 2021, Section 4 (fewer ancestral steps)   |
+| `dpm_solver_step`           | Lu et al. 2022 (DPM-Solver++), Algorithm 2, "2M"            |
+
+`sample(..., sampler=)` picks one of SAMPLERS; each is a name and one step function.
 """
 
 from __future__ import annotations
@@ -72,6 +75,34 @@ def ddim_step(diffusion, eps, t, t_prev, x_t, eta=0.0, noise=None, clip_x0=False
     return x_prev, x0_pred
 
 
+def dpm_solver_step(diffusion, x0_pred, t, t_prev, x_t, previous=None):
+    """One DPM-Solver++(2M) step x_t -> x_{t_prev} in the data-prediction form (Lu et al. 2022, Algorithm 2).
+
+    With alpha = sqrt(abar), sigma = sqrt(1 - abar) and lambda = log(alpha / sigma), h = lambda_prev - lambda_t:
+        x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (exp(-h) - 1) D,
+    where D = x0_pred on the first step (first order: exactly DDIM with eta = 0) and afterwards
+    D = (1 + 1 / (2r)) x0_pred - 1 / (2r) x0_pred_before, r = h_before / h (second order, using the
+    previous step's prediction: `previous` = (x0_pred_before, h_before)). The last step (t_prev = -1,
+    sigma = 0) returns x0_pred (first order). Returns (x_prev, (x0_pred, h)) to pass on as `previous`.
+    """
+    abar = extract(diffusion.alphas_cumprod, t, x_t.shape).double()
+    abar_prev = _alphas_cumprod_prev(diffusion, t_prev, x_t.shape).double()
+    if bool((t_prev < 0).all()):
+        return x0_pred, None  # sigma_prev = 0: the ODE's end point is the predicted data
+    lam, lam_prev = 0.5 * torch.log(abar / (1 - abar)), 0.5 * torch.log(abar_prev / (1 - abar_prev))
+    h = lam_prev - lam
+    D = x0_pred.double()
+    if previous is not None:
+        x0_before, h_before = previous
+        r = h_before / h
+        D = (1 + 1 / (2 * r)) * D - 1 / (2 * r) * x0_before.double()
+    x_prev = ((1 - abar_prev) / (1 - abar)).sqrt() * x_t.double() - abar_prev.sqrt() * torch.expm1(-h) * D
+    return x_prev.to(x_t.dtype), (x0_pred, h)
+
+
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
+
+
 def timestep_pairs(T: int, num_steps: int | None = None) -> list[tuple[int, int]]:
     """The (t, t_prev) pairs a sampler walks: `num_steps` evenly spaced steps from T-1 down to 0,
     the last pair being (0, -1). `num_steps=None` means all T steps."""
@@ -134,35 +165,46 @@ def sample(
     diffusion,
     shape,
     *,
-    num_steps=None,
-    eta=None,
+    sampler="ddim",  # "ddpm" (ancestral), "ddim" or "dpm-solver++"
+    num_steps=50,  # steps walked; None = all T (for "ddpm": fewer than T = a respaced chain)
+    eta=0.0,  # DDIM's noise scale: 0 deterministic, 1 = the DDPM posterior; "ddim" only
     y=None,
     guidance_scale=1.0,
     generator=None,
     return_trajectory=False,
     progress=True,
     clip_x0=None,  # clip the predicted x0 to the data range [-1, 1] at every step; None = for images, not points
-    variance="posterior",  # ancestral DDPM only: "posterior" (beta-tilde_t) or "beta" (beta_t)
+    variance="posterior",  # "ddpm" only: "posterior" (beta-tilde_t) or "beta" (beta_t)
     trajectory_at=None,  # timesteps to record when return_trajectory; None = every step walked
     x_T=None,  # starting noise (B, C, H, W); None = drawn from `generator`
 ):
-    """Draw samples of `shape` (B, C, H, W) from the reverse process: one loop for every sampler.
+    """Draw samples of `shape` (B, C, H, W), or points (B, D), from the reverse process: one loop for every sampler.
 
-    - `num_steps=None` and `eta=None`: ancestral DDPM over all T steps (Ho et al. 2020, Algorithm 2).
-    - otherwise DDIM (Song et al. 2021, Eq. 12) over `num_steps` (default T) evenly spaced steps
-      starting at T-1, with `eta` (default 0, deterministic).
+    - `sampler="ddpm"`: ancestral sampling (Ho et al. 2020, Algorithm 2) over all T steps when
+      `num_steps` is None or T, else over a chain respaced to `num_steps` (Nichol & Dhariwal 2021);
+      a model with learned variances uses them.
+    - `sampler="ddim"` (Song et al. 2021, Eq. 12): `num_steps` evenly spaced steps from T-1, with `eta`.
+    - `sampler="dpm-solver++"` (Lu et al. 2022): the 2nd-order multistep ODE solver, first order at
+      the first and the last step.
     - `y` (int or (B,) labels) with `guidance_scale` s: eps = eps_uncond + s (eps_cond - eps_uncond).
-    - whatever the model predicts (`diffusion.prediction`) is read as eps by `diffusion.read_output`;
-      a model with learned variances uses them in ancestral steps.
-    Points (B, D) work the same way (notebook 10). Returns x_0 (B, C, H, W), or (x_0, trajectory) where trajectory is a dict of CPU tensors
-    `t` (K,), `x_t` (K, B, C, H, W) (the input of each recorded step) and `x0_pred` (K, B, C, H, W).
+    - whatever the model predicts (`diffusion.prediction`) is read as eps by `diffusion.read_output`.
+    Returns x_0, or (x_0, trajectory) where trajectory is a dict of CPU tensors `t` (K,) (the original
+    chain's code t), `x_t` (K, B, ...) (the input of each recorded step) and `x0_pred` (K, B, ...).
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if len(shape) not in (2, 4):
         raise ValueError(f"shape must be (B, C, H, W) (images) or (B, D) (points), got {tuple(shape)}")
+    if sampler != "ddim" and eta not in (None, 0, 0.0):
+        raise ValueError(f"eta={eta} is DDIM's noise scale; use sampler='ddim' (or eta=0 with {sampler!r})")
     if clip_x0 is None:
         clip_x0 = len(shape) == 4  # images live in [-1, 1]; points (notebook 10) anywhere
     device = _device(model, diffusion)
-    ancestral = num_steps is None and eta is None
+    original_t = None  # respaced "ddpm": step i of the new chain is original timestep original_t[i]
+    if sampler == "ddpm" and num_steps not in (None, diffusion.num_timesteps):
+        timestep_pairs(diffusion.num_timesteps, num_steps)  # checks num_steps
+        model, diffusion = respace(model, diffusion, num_steps)
+        original_t, num_steps = model.timesteps.tolist(), None
     pairs = timestep_pairs(diffusion.num_timesteps, num_steps)
     y = _labels(y, shape[0], device)
     if y is None and guidance_scale != 1:
@@ -172,23 +214,28 @@ def sample(
     x = randn(shape, device, generator) if x_T is None else x_T.to(device)
     if x.shape != tuple(shape):
         raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x.shape)}")
-    walked = {t for t, _ in pairs}
+    original = (lambda t: original_t[t]) if original_t else (lambda t: t)  # noqa: E731
+    walked = {original(t) for t, _ in pairs}
     record = walked if trajectory_at is None else set(trajectory_at) & walked
     if return_trajectory and not record:
         raise ValueError(f"trajectory_at={trajectory_at!r} contains none of the timesteps walked")
-    traj = {"t": [], "x_t": [], "x0_pred": []}
+    traj, previous = {"t": [], "x_t": [], "x0_pred": []}, None
     for t_int, t_prev_int in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
         t = torch.full((shape[0],), t_int, device=device, dtype=torch.long)
+        t_prev = torch.full_like(t, t_prev_int)
         output = model(x, t, None) if y is None else guided_eps(model, x, t, y, guidance_scale, null_label)
         eps, _, log_var = diffusion.read_output(output, x, t)
         noise = randn(shape, device, generator)  # drawn at every step, so all samplers share one stream
-        if ancestral:
+        if sampler == "ddpm":
             x_prev, x0_pred = ddpm_step(diffusion, eps, t, x, noise, variance, clip_x0, log_var=log_var)
-        else:
-            t_prev = torch.full_like(t, t_prev_int)
+        elif sampler == "ddim":
             x_prev, x0_pred = ddim_step(diffusion, eps, t, t_prev, x, eta or 0.0, noise, clip_x0)
-        if return_trajectory and t_int in record:
-            traj["t"].append(t_int)
+        else:
+            x0_pred = diffusion.predict_x0_from_eps(x, t, eps)
+            x0_pred = x0_pred.clamp(-1.0, 1.0) if clip_x0 else x0_pred
+            x_prev, previous = dpm_solver_step(diffusion, x0_pred, t, t_prev, x, previous)
+        if return_trajectory and original(t_int) in record:
+            traj["t"].append(original(t_int))
             traj["x_t"].append(x.cpu())
             traj["x0_pred"].append(x0_pred.cpu())
         x = x_prev

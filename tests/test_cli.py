@@ -43,6 +43,7 @@ def bad_inputs(run, tmp_path):
         "unknown command": (["paint"], "invalid choice: 'paint'"),
         "not a number": (["train", "--out", str(tmp_path), "--batch-size", "abc"], "invalid int value: 'abc'"),
         "unknown preset": (["train", "--out", str(tmp_path), "--preset", "huge"], "invalid choice: 'huge'"),
+        "unknown sampler": (["sample", "--sampler", "euler", "--out", "x.png"], "invalid choice: 'euler'"),
         "unknown amp": (["train", "--out", str(tmp_path), "--amp", "fp8"], "invalid choice: 'fp8'"),
         "zero steps": (["train", "--out", str(tmp_path), "--max-steps", "0"], "max_steps must be >= 1"),
         "nothing to resume": (["train", *tiny, "--out", str(tmp_path / "none"), "--resume"], "no checkpoint file"),

@@ -106,7 +106,7 @@ def test_design_api_signatures():
         "extract": ["a", "t", "x_shape"],
         "ddpm_step": ["diffusion", "eps", "t", "x_t", "noise", "variance", "clip_x0"],
         "ddim_step": ["diffusion", "eps", "t", "t_prev", "x_t", "eta", "noise", "clip_x0"],
-        "sample": ["model", "diffusion", "shape", "num_steps", "eta", "y", "guidance_scale", "generator",
+        "sample": ["model", "diffusion", "shape", "sampler", "num_steps", "eta", "y", "guidance_scale", "generator",
                    "return_trajectory", "progress"],
         "guided_eps": ["model", "x", "t", "y", "guidance_scale", "null_label"],
         "sinusoidal_embedding": ["t", "dim", "max_period"],

@@ -67,7 +67,7 @@ def test_ddim_eta_1_over_all_steps_equals_ddpm_with_posterior_variance_step_by_s
 
 def test_sample_loop_ddim_eta_1_equals_ancestral_ddpm(diffusion):
     model = LinearEps(T)
-    a = sample(model, diffusion, (3, 1, 4, 4), generator=torch.Generator().manual_seed(3), progress=False)
+    a = sample(model, diffusion, (3, 1, 4, 4), sampler="ddpm", num_steps=None, generator=torch.Generator().manual_seed(3), progress=False)
     b = sample(model, diffusion, (3, 1, 4, 4), num_steps=T, eta=1.0, generator=torch.Generator().manual_seed(3), progress=False)
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
@@ -85,7 +85,9 @@ def test_ddim_eta_0_is_deterministic(diffusion):
     assert torch.equal(s1, s2)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"num_steps": 7}, {"num_steps": 1}, {"num_steps": 12, "eta": 0.5}])
+@pytest.mark.parametrize("kwargs", [{"sampler": "ddpm", "num_steps": None}, {"sampler": "ddpm", "num_steps": 9}, {"num_steps": 7},
+                                    {"num_steps": 1}, {"num_steps": 12, "eta": 0.5}, {"sampler": "dpm-solver++", "num_steps": 6},
+                                    {"sampler": "dpm-solver++", "num_steps": 1}])
 def test_every_sampler_returns_the_single_data_point_from_its_oracle(diffusion, kwargs):
     """With data = one image, the exact denoiser predicts x0 = x*: every sampler must land on it."""
     x_star = torch.tensor([-0.8, 0.1, 0.5, 0.9]).view(1, 1, 2, 2)
@@ -128,8 +130,14 @@ def test_sample_with_labels_and_guidance_runs_the_unet():
 
 def test_sample_bad_inputs(diffusion):
     model = LinearEps(T)
-    with pytest.raises(ValueError, match="shape must be \\(B, C, H, W\\)"):
+    with pytest.raises(ValueError, match="shape must be \\(B, C, H, W\\) \\(images\\) or \\(B, D\\)"):
         sample(model, diffusion, (2, 4, 4), progress=False)
+    with pytest.raises(ValueError, match="sampler must be one of \\('ddpm', 'ddim', 'dpm-solver\\+\\+'\\), got 'euler'"):
+        sample(model, diffusion, (2, 1, 4, 4), sampler="euler", progress=False)
+    with pytest.raises(ValueError, match="eta=0.5 is DDIM's noise scale"):
+        sample(model, diffusion, (2, 1, 4, 4), sampler="dpm-solver++", eta=0.5, progress=False)
+    with pytest.raises(ValueError, match="num_steps must be an int in 1..T"):
+        sample(model, diffusion, (2, 1, 4, 4), sampler="ddpm", num_steps=0, progress=False)
     with pytest.raises(ValueError, match="needs class labels y"):
         sample(model, diffusion, (2, 1, 4, 4), guidance_scale=3.0, progress=False)
     with pytest.raises(ValueError, match="y must be an int or a tensor of shape \\(B,\\) = \\(2,\\)"):
@@ -152,7 +160,8 @@ def test_respaced_ancestral_sampling_equals_ddim_with_eta_one():
     assert d.num_timesteps == 10 and m.timesteps.tolist() == [0, 11, 22, 33, 44, 55, 66, 77, 88, 99]
     torch.testing.assert_close(d.alphas_cumprod, diffusion.alphas_cumprod[m.timesteps])
     for clip in (False, True):
-        a = sample(m, d, (3, 1, 4, 4), generator=torch.Generator().manual_seed(1), clip_x0=clip, progress=False)
+        a = sample(m, d, (3, 1, 4, 4), sampler="ddpm", num_steps=None, generator=torch.Generator().manual_seed(1), clip_x0=clip,
+                   progress=False)
         b = sample(model, diffusion, (3, 1, 4, 4), num_steps=10, eta=1.0, generator=torch.Generator().manual_seed(1),
                    clip_x0=clip, progress=False)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -181,10 +190,10 @@ def test_a_learned_variance_at_its_ends_is_the_fixed_beta_or_beta_tilde_sampler(
     for v, variance in ((1.0, "beta"), (-1.0, "posterior")):
         m, d = (model, diffusion) if num_steps is None else respace(model, diffusion, num_steps)
         mv, dv = (WithVariance(model, v), diffusion) if num_steps is None else respace(WithVariance(model, v), diffusion, num_steps)
-        kw = dict(generator=torch.Generator().manual_seed(3), progress=False)
+        kw = dict(sampler="ddpm", num_steps=None, generator=torch.Generator().manual_seed(3), progress=False)
         fixed = sample(m, d, (3, 1, 4, 4), variance=variance, **kw)
-        learned = sample(mv, dv, (3, 1, 4, 4), variance="beta" if variance == "posterior" else "posterior",
-                         generator=torch.Generator().manual_seed(3), progress=False)  # the fixed choice is ignored
+        learned = sample(mv, dv, (3, 1, 4, 4), variance="beta" if variance == "posterior" else "posterior", sampler="ddpm",
+                         num_steps=None, generator=torch.Generator().manual_seed(3), progress=False)  # the fixed choice is ignored
         torch.testing.assert_close(learned, fixed)
     _, d = respace(model, diffusion, 10)
     i = torch.tensor([5])
@@ -200,9 +209,43 @@ def test_sampling_a_model_rewritten_to_predict_x0_or_v_gives_the_same_images(dif
     d = GaussianDiffusion.from_schedule("cosine", T, prediction=prediction)
 
     rewritten = predicting(prediction, eps_model, diffusion)
-    for kw in ({}, {"num_steps": 7}):
+    for kw in ({"sampler": "ddpm", "num_steps": None}, {"num_steps": 7}, {"sampler": "dpm-solver++", "num_steps": 7}):
         want = sample(eps_model, diffusion, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0), progress=False, **kw)
         got = sample(rewritten, d, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0), progress=False, **kw)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     m, d_respaced = respace(rewritten, d, 5)
     assert d_respaced.prediction == prediction
+
+
+def test_dpm_solver_first_order_is_ddim_and_second_order_beats_it_against_the_exact_ode():
+    """With the exact eps of a Gaussian mixture, the probability-flow ODE has one answer; DDIM with
+    1,000 steps is that answer. DPM-Solver++ at 10-20 steps must land closer to it than DDIM does."""
+    from ddpm_utils.samplers import dpm_solver_step
+    from ddpm_utils.toy import GaussianMixture
+
+    mix = GaussianMixture(means=[[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0]], stds=[0.6, 0.8, 0.7])
+    diffusion = GaussianDiffusion.from_schedule("cosine", 1000)
+
+    class Exact(torch.nn.Module):
+        def forward(self, x, t, y=None):
+            return mix.eps(x.double(), diffusion.alphas_cumprod[t].double()).float()
+
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    kw = dict(x_T=x_T, progress=False)
+    truth = sample(Exact(), diffusion, x_T.shape, num_steps=1000, **kw)
+    def error(sampler, steps):  # mean distance to the 1,000-step solution
+        return (sample(Exact(), diffusion, x_T.shape, sampler=sampler, num_steps=steps, **kw) - truth).norm(dim=1).mean()
+
+    for steps in (10, 20):
+        assert error("dpm-solver++", steps) < 0.7 * error("ddim", steps), steps  # measured: 0.12 vs 0.21, 0.042 vs 0.10
+    # second order: doubling the steps divides DPM-Solver++'s error by about 4, DDIM's (first order) by about 2
+    assert error("dpm-solver++", 40) / error("dpm-solver++", 80) > 3 and error("ddim", 40) / error("ddim", 80) < 2.5
+    # one first-order step is exactly a DDIM step with eta = 0
+    x_t, eps = torch.randn(4, 1, 2, 2), torch.randn(4, 1, 2, 2)
+    t, t_prev = torch.full((4,), 700), torch.full((4,), 400)
+    x0 = diffusion.predict_x0_from_eps(x_t, t, eps)
+    first, (kept, h) = dpm_solver_step(diffusion, x0, t, t_prev, x_t)
+    torch.testing.assert_close(first, ddim_step(diffusion, eps, t, t_prev, x_t, eta=0.0)[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(kept, x0) and bool((h > 0).all())  # log-SNR grows towards the data
+    last, _ = dpm_solver_step(diffusion, x0, t, torch.full((4,), -1), x_t)
+    assert torch.equal(last, x0)  # the last step returns the predicted data
