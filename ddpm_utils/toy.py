@@ -118,6 +118,7 @@ class GaussianMixture:
                 raise ValueError(f"y must lie in 0..{self.num_classes} ({self.num_classes} = null label), got {y.tolist()}")
             keep = (self.labels[None, :] == y[:, None]) | (y[:, None] == self.num_classes)  # (B, K)
             log_w = log_w.masked_fill(~keep, -math.inf)
+            log_w = log_w - log_w.logsumexp(1, keepdim=True)  # p(component | y): a proper conditional density
         sq = ((x[:, None, :] - centres) ** 2).sum(-1)  # (B, K)
         log_n = -0.5 * (x.shape[1] * torch.log(2 * math.pi * var) + sq / var)
         return log_w + log_n, centres, var

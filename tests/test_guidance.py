@@ -81,3 +81,49 @@ def test_a_learned_variance_is_taken_from_the_conditional_prediction(inputs):
     assert out.shape == (4, 2, 3, 3)
     torch.testing.assert_close(out[:, :1], guided_eps(LabelModel(), x, t, y, 3.0, 10))
     torch.testing.assert_close(out[:, 1:], y.view(-1, 1, 1, 1).float().expand_as(x))
+
+
+def test_classifier_guidance_adds_the_classifier_gradient_to_the_score():
+    from ddpm_utils.diffusion import GaussianDiffusion
+    from ddpm_utils.guidance import classifier_guided_eps
+
+    diffusion = GaussianDiffusion.from_schedule("cosine", 100)
+    g = torch.Generator().manual_seed(0)
+    x, t, y = torch.randn(6, 2, generator=g), torch.tensor([0, 10, 40, 60, 90, 99]), torch.tensor([0, 1, 2, 2, 1, 0])
+    eps = torch.randn(6, 2, generator=g)
+    W, b = torch.randn(3, 2, generator=g), torch.randn(3, generator=g)
+    linear = lambda x, t: x @ W.T + b  # noqa: E731  (a linear classifier that ignores t)
+    # closed form: grad_x log softmax(Wx + b)_y = W_y - sum_k p_k W_k
+    p = (x @ W.T + b).softmax(-1)
+    grad = W[y] - p @ W
+    want = eps - 2.5 * diffusion.sqrt_one_minus_alphas_cumprod[t].view(-1, 1) * grad
+    torch.testing.assert_close(classifier_guided_eps(linear, x, t, y, eps, 2.5, diffusion), want)
+    assert torch.equal(classifier_guided_eps(linear, x, t, y, eps, 0.0, diffusion), eps)  # scale 0: unchanged
+    with pytest.raises(ValueError, match="needs labels y of shape \\(B,\\) = \\(6,\\)"):
+        classifier_guided_eps(linear, x, t, None, eps, 1.0, diffusion)
+    with pytest.raises(ValueError, match="labels must lie in 0..2"):
+        classifier_guided_eps(linear, x, t, torch.tensor([0, 1, 2, 3, 1, 0]), eps, 1.0, diffusion)
+
+
+def test_exact_classifier_guidance_at_scale_1_is_the_exact_conditional_model():
+    """Bayes: grad log p(x_t | y) = grad log p(x_t) + grad log p(y | x_t). With the exact posterior
+    p(y | x_t) of a labelled Gaussian mixture, guiding the exact unconditional eps at scale 1 gives
+    the exact conditional eps."""
+    from ddpm_utils.diffusion import GaussianDiffusion
+    from ddpm_utils.guidance import classifier_guided_eps
+    from ddpm_utils.toy import GaussianMixture
+
+    mix = GaussianMixture(means=[[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0]], stds=[0.5, 0.7, 0.4], weights=[1.0, 2.0, 1.0],
+                          labels=[0, 1, 1])
+    diffusion = GaussianDiffusion.from_schedule("cosine", 100)
+    abar = diffusion.alphas_cumprod.double()
+    prior = torch.log(torch.tensor([0.25, 0.75], dtype=torch.float64))
+
+    def exact_classifier(x, t):  # log p(y | x_t) up to a constant: log p_t(x | y) + log p(y)
+        return torch.stack([mix.log_prob(x, abar[t], torch.full_like(t, c)) for c in (0, 1)], dim=1) + prior
+
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(8, 2, generator=g, dtype=torch.float64) * 2, torch.randint(0, 100, (8,), generator=g)
+    y = torch.tensor([0, 1] * 4)
+    guided = classifier_guided_eps(exact_classifier, x, t, y, mix.eps(x, abar[t]), 1.0, diffusion)
+    torch.testing.assert_close(guided, mix.eps(x, abar[t], y), atol=1e-5, rtol=1e-4)

@@ -70,6 +70,10 @@ def test_mixture_score_is_the_gradient_of_its_log_density(abar):
     for y in (None, torch.tensor([0, 1, 2, 1] * 16)):  # 2 = the null label: unconditional rows
         grad = torch.autograd.grad(mix.log_prob(x, abar, y).sum(), x)[0]
         torch.testing.assert_close(mix.score(x.detach(), abar, y), grad)
+    # the conditional densities are proper: p(x) = sum_y p(y) p(x | y), class weights 3/5 and 2/5
+    xs = x.detach()
+    by_class = torch.stack([mix.log_prob(xs, abar, torch.full((64,), c)) for c in (0, 1)], 1) + torch.tensor([0.6, 0.4]).log()
+    torch.testing.assert_close(by_class.logsumexp(1), mix.log_prob(xs, abar))
     # at abar = 1 the noised density is the data's: a single blob's log density by hand
     one = GaussianMixture(means=[[1.0, -1.0]], stds=[0.5])
     point = torch.tensor([[0.2, 0.3]], dtype=torch.float64)
