@@ -2,9 +2,10 @@
 
     ddpm train --preset mnist --max-steps 10000 --out runs/mnist [--resume]
     ddpm sample --out digits.png [--label 3] [--guidance-scale 3] [--steps 50] [--checkpoint runs/mnist/last.pt]
-    ddpm evaluate [--checkpoint PATH] [--steps 50,0] [--guidance-scale 1,3] [--num 500] [--ancestral] [--nll 100]
+    ddpm evaluate [--checkpoint PATH] [--steps 50,0] [--guidance-scale 1,3] [--classifier-scale 2,4] [--num 500] [--nll 100]
     ddpm bench [--preset mnist] [--batch-sizes 32,128] [--compile]
     ddpm train-classifier --out ddpm_utils/assets/mnist_classifier.pt
+    ddpm train-noisy-classifier --out ddpm_utils/assets/mnist_noisy_classifier.pt
     ddpm figures [--out images]
     ddpm exercises
 
@@ -84,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
     s.add_argument("--label", type=int, help="digit 0-9 to draw (default: one row per digit)")
     s.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance scale s (default 3)")
+    s.add_argument("--classifier-scale", type=float, default=0.0,
+                   help="classifier guidance with the bundled noise-aware classifier (default 0 = off; "
+                        "--guidance-scale 0 --classifier-scale 4 guides the unconditional model by the classifier alone)")
     s.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddpm (ancestral), ddim or dpm-solver++ (default ddim)")
     s.add_argument("--steps", type=int, default=50, help="sampling steps (default 50; 0 = all T ancestral DDPM steps)")
     s.add_argument("--num", type=int, default=100, help="number of images (default 100)")
@@ -94,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddpm (ancestral), ddim or dpm-solver++ (default ddim)")
     e.add_argument("--steps", default="50", help="comma-separated step counts; 0 = all T ancestral DDPM steps (default 50)")
     e.add_argument("--guidance-scale", default="3", help="comma-separated guidance scales (default 3)")
+    e.add_argument("--classifier-scale", default="", help="comma-separated classifier-guidance scales: also score the "
+                   "unconditional model guided by the bundled noise-aware classifier at each (default: none)")
     e.add_argument("--unconditional", action="store_true", help="also score unconditional samples")
     e.add_argument("--ancestral", action="store_true", help="the same as --sampler ddpm (respaced to each --steps count)")
     e.add_argument("--nll", type=int, default=0, metavar="N",
@@ -111,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="weights file (the shipped one is ddpm_utils/assets/mnist_classifier.pt)")
     c.add_argument("--epochs", type=int, default=15, help="passes over the 4,500 training digits (default 15)")
     c.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order (default 0)")
+
+    n = command("train-noisy-classifier", _train_noisy_classifier,
+                "train the noise-aware classifier for classifier guidance; prints its held-out accuracy by t")
+    n.add_argument("--out", required=True, help="weights file (the shipped one is ddpm_utils/assets/mnist_noisy_classifier.pt)")
+    n.add_argument("--checkpoint", help="train on x_t of this checkpoint's schedule (default: the bundled model's)")
+    n.add_argument("--epochs", type=int, default=20, help="passes over the 4,500 training digits, each at new t and noise (default 20)")
+    n.add_argument("--seed", type=int, default=0, help="seed of the weights, t, noise and data order (default 0)")
 
     f = command("figures", _figures, "regenerate the README's figures from the bundled model")
     f.add_argument("--out", default="images", help="folder to write (default images)")
@@ -153,6 +166,19 @@ def _train_classifier(args) -> None:
     model, acc = train_classifier(epochs=args.epochs, seed=args.seed)
     torch.save(model.state_dict(), args.out)
     print(f"held-out accuracy {acc:.4f} on the 500 test digits; wrote {args.out} (SHA-256 {sha256(args.out)})")
+
+
+def _train_noisy_classifier(args) -> None:
+    from .checkpoints import sha256
+    from .classifier import save_noisy_classifier, train_noisy_classifier
+
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    _, diffusion = _model(args.checkpoint, "cpu")
+    model, acc = train_noisy_classifier(diffusion, epochs=args.epochs, seed=args.seed)
+    save_noisy_classifier(model, args.out)
+    print("held-out accuracy by paper t: " + ", ".join(f"t={t}: {a:.1%}" for t, a in acc.items()))
+    print(f"wrote {args.out} (SHA-256 {sha256(args.out)})")
 
 
 def _bench(args) -> None:
@@ -201,12 +227,20 @@ def _evaluate(args) -> None:
     model, diffusion = _model(args.checkpoint, args.device)
     evaluator = Evaluator(next(model.parameters()).device)
     rows = [{"setting": "real training digits", **evaluator.score_real(args.num, args.seed)}]
-    settings = [(n, s, True) for n in steps for s in scales] + [(n, 1.0, False) for n in steps if args.unconditional]
-    for n, s, conditional in settings:
+    classifier_scales = _numbers(args.classifier_scale, float, "--classifier-scale") if args.classifier_scale else []
+    classifier = None
+    if classifier_scales:
+        from .classifier import load_noisy_classifier
+
+        classifier = load_noisy_classifier(next(model.parameters()).device)
+    settings = ([(n, s, True, 0.0) for n in steps for s in scales] + [(n, 0.0, True, c) for n in steps for c in classifier_scales]
+                + [(n, 1.0, False, 0.0) for n in steps if args.unconditional])
+    for n, s, conditional, c in settings:
         sampler = "ddpm" if args.ancestral or not n else args.sampler
-        name = f"{sampler.upper()} {n or diffusion.num_timesteps}, " + (f"s={s:g}" if conditional else "uncond.")
-        images, labels, seconds = generate(model, diffusion, args.num, steps=n or None, guidance_scale=s,
-                                           conditional=conditional, seed=args.seed, sampler=sampler)
+        name = f"{sampler.upper()} {n or diffusion.num_timesteps}, " + (f"classifier c={c:g}" if c else f"s={s:g}" if conditional
+                                                                         else "uncond.")
+        images, labels, seconds = generate(model, diffusion, args.num, steps=n or None, guidance_scale=s, conditional=conditional,
+                                           seed=args.seed, sampler=sampler, classifier=classifier, classifier_scale=c)
         rows.append({"setting": name, "seconds": seconds, **evaluator.score(images, labels)})
         print(format_table(rows[-1:]).splitlines()[1], flush=True)  # one line per setting as it finishes
     print(format_table(rows))
@@ -236,11 +270,18 @@ def _sample(args) -> None:
         y = torch.full((args.num,), args.label)
     else:
         y = torch.arange(args.num) % 10 if model.num_classes else None
+    classifier = None
+    if args.classifier_scale:
+        from .classifier import load_noisy_classifier
+
+        if y is None:
+            raise ValueError("--classifier-scale needs a class-conditional model's digits to aim at (this model is unconditional)")
+        classifier = load_noisy_classifier(next(model.parameters()).device)
     c, size = model.config.in_channels, model.config.image_size
     images = sample(model, diffusion, (args.num, c, size, size), sampler="ddpm" if args.steps == 0 else args.sampler,
                     num_steps=args.steps or None, y=y,
                     guidance_scale=args.guidance_scale if y is not None else 1.0,
-                    generator=torch.Generator().manual_seed(args.seed))
+                    generator=torch.Generator().manual_seed(args.seed), classifier=classifier, classifier_scale=args.classifier_scale)
     save_image((images + 1) / 2, args.out, nrow=10)
     print(f"wrote {args.out}")
 

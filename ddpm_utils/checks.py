@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .diffusion import GaussianDiffusion, normal_kl
 from .embeddings import sinusoidal_embedding
 from .guidance import guided_eps
-from .samplers import ddim_step, ddpm_step
+from .samplers import ddim_step, ddpm_step, dpm_solver_step
 from .schedules import cosine_betas, linear_betas
 from .unet import ResBlock
 
@@ -481,3 +481,54 @@ def check_learned_log_variance(fn) -> None:
         }
         _compare("learned log-variance", f"t = {t.tolist()}", got, diffusion.learned_log_variance(v, t, v.shape), mistakes)
     _done("learned log-variance", len(cases))
+
+
+# ---- notebook 10 -----------------------------------------------------------------------------
+def _points(seed: int, n: int = 5) -> torch.Tensor:
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def check_score_from_eps(fn) -> None:
+    """`fn(eps, abar)` with eps (B, D) and abar (B, 1): the score -eps / sqrt(1 - abar) (Tweedie / denoising score matching)."""
+    cases = [torch.tensor([[0.5], [0.9], [0.01], [0.3], [0.99]], dtype=torch.float64),
+             torch.full((5, 1), 0.2, dtype=torch.float64)]
+    for i, abar in enumerate(cases):
+        eps = _points(70 + i)
+        case = f"abar = {[round(a, 3) for a in abar.flatten().tolist()]}"
+        got = _call("score from eps", case, fn, eps, abar)
+        mistakes = {
+            "the score points uphill, against the noise: put a minus sign in front.": eps / (1 - abar).sqrt(),
+            "divide by the standard deviation sqrt(1 - abar), not the variance 1 - abar.": -eps / (1 - abar),
+            "eps = -sqrt(1 - abar) * score, so the score DIVIDES eps by sqrt(1 - abar).": -(1 - abar).sqrt() * eps,
+            "the noise's standard deviation in x_t is sqrt(1 - abar), not sqrt(abar).": -eps / abar.sqrt(),
+        }
+        _compare("score from eps", case, got, -eps / (1 - abar).sqrt(), mistakes)
+    _done("score from eps", len(cases))
+
+
+def check_dpm_solver_update(fn) -> None:
+    """`fn(x_t, D, abar, abar_prev)`: x_prev = (sigma_prev / sigma) x_t - alpha_prev (exp(-h) - 1) D (DPM-Solver++)."""
+    diffusion = GaussianDiffusion(cosine_betas(1000))
+    cases = [(torch.full((5,), 900), torch.full((5,), 700)), (torch.tensor([999, 500, 300, 100, 20]), torch.tensor([950, 400, 150, 50, 0]))]
+    for i, (t, t_prev) in enumerate(cases):
+        x_t, D = _points(80 + i), _points(90 + i).clamp(-2, 2)
+        a, a_prev = diffusion.alphas_cumprod.double()[t].view(-1, 1), diffusion.alphas_cumprod.double()[t_prev].view(-1, 1)
+        case = f"t = {t.tolist()} -> {t_prev.tolist()}"
+        got = _call("DPM-Solver++ update", case, fn, x_t, D, a, a_prev)
+        lam, lam_prev = 0.5 * torch.log(a / (1 - a)), 0.5 * torch.log(a_prev / (1 - a_prev))
+        h = lam_prev - lam
+        ratio = ((1 - a_prev) / (1 - a)).sqrt()
+        mistakes = {
+            "h = lambda_prev - lambda_t is positive (the log-SNR grows towards the data); you have its negative.":
+                ratio * x_t - a_prev.sqrt() * torch.expm1(h) * D,
+            "sigma = sqrt(1 - abar): the ratio sigma_prev / sigma_t needs a square root.": (1 - a_prev) / (1 - a) * x_t
+                - a_prev.sqrt() * torch.expm1(-h) * D,
+            "alpha_prev = sqrt(abar_prev): the data term needs a square root.": ratio * x_t - a_prev * torch.expm1(-h) * D,
+            "mind the sign: exp(-h) - 1 is negative, and the update SUBTRACTS alpha_prev (exp(-h) - 1) D.":
+                ratio * x_t + a_prev.sqrt() * torch.expm1(-h) * D,
+            "lambda is log(alpha / sigma) = 0.5 log(abar / (1 - abar)), half the log-SNR.": ratio * x_t
+                - a_prev.sqrt() * torch.expm1(-2 * h) * D,
+        }
+        want, _ = dpm_solver_step(diffusion, D, t, t_prev, x_t)
+        _compare("DPM-Solver++ update", case, got, want, mistakes)
+    _done("DPM-Solver++ update", len(cases))

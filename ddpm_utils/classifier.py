@@ -1,9 +1,13 @@
-"""A small MNIST classifier that judges generated digits (it never sees the diffusion model).
+"""Two small MNIST classifiers, each trained on the bundled subset's 4,500 training digits.
 
-Trained on the bundled subset's training split by `python -m ddpm_utils train-classifier`;
-its weights ship in `assets/mnist_classifier.pt` (SHA-256 checked on load). Its held-out
-accuracy is measured on the 500 test digits, which no model in the course trains on.
-`features()` gives the penultimate-layer activations for a Frechet distance on these features.
+- `MNISTClassifier` judges generated digits (it never sees the diffusion model): trained on clean
+  digits by `python -m ddpm_utils train-classifier`, shipped as `assets/mnist_classifier.pt`.
+  `features()` gives the penultimate-layer activations for a Frechet distance on these features.
+- `NoisyClassifier` guides sampling (classifier guidance, Dhariwal & Nichol 2021): it reads a noised
+  digit x_t *and* its timestep t, trained on x_t of the bundled model's schedule by
+  `python -m ddpm_utils train-noisy-classifier`, shipped as `assets/mnist_noisy_classifier.pt`.
+Both files are SHA-256 checked on load; held-out accuracies are measured on the 500 test digits,
+which no model in the course trains on.
 """
 
 from __future__ import annotations
@@ -14,9 +18,13 @@ from torch import nn
 
 from .checkpoints import ASSETS, sha256
 from .data import load_mnist
+from .diffusion import GaussianDiffusion
+from .embeddings import TimeEmbedding
 
 CLASSIFIER_FILE = "mnist_classifier.pt"
 CLASSIFIER_SHA256 = "6e584d82713dfe6f59fa3964e0983e553e6c6e1995d53eabbe7beab8bb37c645"  # of the shipped file; update after retraining
+NOISY_FILE = "mnist_noisy_classifier.pt"
+NOISY_SHA256 = "74fd11ae1f47717b456609b5b7924ea780c662e3b1c0f16704d1afcdacb29240"  # of the shipped file; update after retraining
 
 
 class MNISTClassifier(nn.Module):
@@ -80,14 +88,110 @@ def train_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 1e-3, s
     return model.eval(), accuracy(model, x_test, y_test)
 
 
+def _checked(file: str, expected: str, command: str):
+    """torch.load of a shipped file after checking its SHA-256."""
+    path = ASSETS / file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; make it with `python -m ddpm_utils {command}`")
+    digest = sha256(path)
+    if digest != expected:
+        raise ValueError(f"{path} has SHA-256 {digest[:16]}..., expected {expected[:16]}...: corrupt or replaced")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_classifier(device="cpu") -> MNISTClassifier:
     """The shipped classifier, in eval mode; its file's SHA-256 is checked first."""
-    path = ASSETS / CLASSIFIER_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; make it with `python -m ddpm_utils train-classifier`")
-    digest = sha256(path)
-    if digest != CLASSIFIER_SHA256:
-        raise ValueError(f"{path} has SHA-256 {digest[:16]}..., expected {CLASSIFIER_SHA256[:16]}...: corrupt or replaced")
     model = MNISTClassifier()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict(_checked(CLASSIFIER_FILE, CLASSIFIER_SHA256, "train-classifier"))
+    return model.eval().to(device)
+
+
+class NoisyClassifier(nn.Module):
+    """p_phi(y | x_t, t) for classifier guidance: `classifier(x_t, t) -> logits` (B, 10).
+
+    Four 3x3 convolutions (32 channels at 28x28, 64 at 14x14 twice, 64 at 7x7; GroupNorm, SiLU), each
+    told t the way the UNet's blocks are (notebook 04): the sinusoidal embedding through an MLP, projected
+    to a per-channel shift. Then a two-layer head on the 64 x 7 x 7 features. `schedule` records the noise
+    schedule it was trained on: its x_t must come from the same schedule as the model it guides.
+    """
+
+    def __init__(self, schedule: dict | None = None, time_dim: int = 64):
+        super().__init__()
+        self.schedule = dict(schedule) if schedule else None
+        self.time_embed = TimeEmbedding(time_dim, time_dim)
+        widths = [(1, 32), (32, 64), (64, 64), (64, 64)]
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, padding=1) for i, o in widths)
+        self.norms = nn.ModuleList(nn.GroupNorm(8, o) for _, o in widths)
+        self.shifts = nn.ModuleList(nn.Linear(time_dim, o) for _, o in widths)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.SiLU(), nn.Linear(128, 10))
+
+    def forward(self, x, t):
+        if x.ndim != 4 or x.shape[1:] != (1, 28, 28) or t.shape != (x.shape[0],):
+            raise ValueError(f"the noisy classifier takes x (B, 1, 28, 28) and t (B,), got {tuple(x.shape)} and {tuple(t.shape)}")
+        emb = self.time_embed(t)  # (B, time_dim)
+        h = x
+        for i, (conv, norm, shift) in enumerate(zip(self.convs, self.norms, self.shifts, strict=True)):
+            h = F.silu(norm(conv(h)) + shift(emb)[:, :, None, None])  # (B, C, H, W), shifted per channel by t
+            if i in (0, 2):
+                h = F.avg_pool2d(h, 2)  # 28 -> 14 -> 7
+        return self.head(h)  # (B, 10)
+
+
+@torch.no_grad()
+def accuracy_by_t(classify, diffusion, images, labels, ts, seed: int = 0, batch_size: int = 500) -> list[float]:
+    """Accuracy of `classify(x_t, t) -> logits` on `images` noised to x_t = q_sample(images, t), for each code t in `ts`.
+
+    The same noise is used at every t. For a clean-image classifier pass `lambda x, t: model(x)`.
+    """
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed)).to(images.device)
+    result = []
+    for t in ts:
+        tt = torch.full((len(images),), int(t), device=images.device, dtype=torch.long)
+        x_t = diffusion.q_sample(images, tt, noise)
+        preds = torch.cat([classify(x_t[i: i + batch_size], tt[i: i + batch_size]).argmax(1) for i in range(0, len(x_t), batch_size)])
+        result.append((preds == labels).float().mean().item())
+    return result
+
+
+def train_noisy_classifier(diffusion: GaussianDiffusion, epochs: int = 20, batch_size: int = 128, lr: float = 2e-3,
+                           seed: int = 0) -> tuple[NoisyClassifier, dict]:
+    """Train on x_t of the training digits at uniformly drawn t of `diffusion`'s schedule (random shifts too).
+
+    Returns (model in eval mode, {paper t: held-out accuracy}) at paper t = 1, 100, 200, ..., T.
+    """
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x, y = _tensors(train=True)
+    x_test, y_test = _tensors(train=False)
+    diffusion = diffusion.cpu()
+    T = diffusion.num_timesteps
+    model = NoisyClassifier(diffusion.schedule)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * (len(x) // batch_size))
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x) - batch_size + 1, batch_size):
+            idx = perm[i: i + batch_size]
+            t = torch.randint(0, T, (batch_size,), generator=g)
+            x_t = diffusion.q_sample(_shift(x[idx], g), t, torch.randn(x[idx].shape, generator=g))
+            loss = F.cross_entropy(model(x_t, t), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    ts = [0] + list(range(99, T, 100))
+    return model, dict(zip([t + 1 for t in ts], accuracy_by_t(model, diffusion, x_test, y_test, ts), strict=True))
+
+
+def save_noisy_classifier(model: NoisyClassifier, path) -> None:
+    torch.save({"state_dict": model.state_dict(), "schedule": model.schedule}, path)
+
+
+def load_noisy_classifier(device="cpu") -> NoisyClassifier:
+    """The shipped noise-aware classifier (trained on the bundled model's cosine schedule, T = 1000), in eval mode."""
+    data = _checked(NOISY_FILE, NOISY_SHA256, "train-noisy-classifier")
+    model = NoisyClassifier(data["schedule"])
+    model.load_state_dict(data["state_dict"])
     return model.eval().to(device)

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import GaussianDiffusion, extract, randn
-from .guidance import guided_eps
+from .guidance import classifier_guided_eps, guided_eps
 
 
 def _alphas_cumprod_prev(diffusion, t_prev: torch.Tensor, x_shape) -> torch.Tensor:
@@ -177,6 +177,8 @@ def sample(
     variance="posterior",  # "ddpm" only: "posterior" (beta-tilde_t) or "beta" (beta_t)
     trajectory_at=None,  # timesteps to record when return_trajectory; None = every step walked
     x_T=None,  # starting noise (B, C, H, W); None = drawn from `generator`
+    classifier=None,  # classifier guidance: `classifier(x_t, t) -> logits`, trained on noisy x_t (needs y)
+    classifier_scale=0.0,  # its scale: eps - scale sqrt(1 - abar_t) grad log p(y | x_t, t); 0 = off
 ):
     """Draw samples of `shape` (B, C, H, W), or points (B, D), from the reverse process: one loop for every sampler.
 
@@ -185,8 +187,11 @@ def sample(
       a model with learned variances uses them.
     - `sampler="ddim"` (Song et al. 2021, Eq. 12): `num_steps` evenly spaced steps from T-1, with `eta`.
     - `sampler="dpm-solver++"` (Lu et al. 2022): the 2nd-order multistep ODE solver, first order at
-      the first and the last step.
+      the first step and at the last two (into t = 0, whose log-SNR step is by far the largest, and
+      then to x0): extrapolating across that jump is unstable (the reference code's "lower_order_final").
     - `y` (int or (B,) labels) with `guidance_scale` s: eps = eps_uncond + s (eps_cond - eps_uncond).
+    - `classifier` with `classifier_scale` c > 0: classifier guidance on top (Dhariwal & Nichol 2021,
+      Eq. 14), applied to the eps every sampler uses; `guidance_scale=0` guides the unconditional model alone.
     - whatever the model predicts (`diffusion.prediction`) is read as eps by `diffusion.read_output`.
     Returns x_0, or (x_0, trajectory) where trajectory is a dict of CPU tensors `t` (K,) (the original
     chain's code t), `x_t` (K, B, ...) (the input of each recorded step) and `x0_pred` (K, B, ...).
@@ -199,6 +204,11 @@ def sample(
         raise ValueError(f"eta={eta} is DDIM's noise scale; use sampler='ddim' (or eta=0 with {sampler!r})")
     if clip_x0 is None:
         clip_x0 = len(shape) == 4  # images live in [-1, 1]; points (notebook 10) anywhere
+    if classifier_scale and classifier is None:
+        raise ValueError(f"classifier_scale={classifier_scale} needs a classifier (e.g. classifier.load_noisy_classifier())")
+    trained_on = getattr(classifier, "schedule", None)
+    if classifier_scale and trained_on and diffusion.schedule and trained_on != diffusion.schedule:
+        raise ValueError(f"the classifier was trained on x_t of schedule {trained_on}, but the diffusion has {diffusion.schedule}")
     device = _device(model, diffusion)
     original_t = None  # respaced "ddpm": step i of the new chain is original timestep original_t[i]
     if sampler == "ddpm" and num_steps not in (None, diffusion.num_timesteps):
@@ -209,6 +219,9 @@ def sample(
     y = _labels(y, shape[0], device)
     if y is None and guidance_scale != 1:
         raise ValueError(f"guidance_scale={guidance_scale} needs class labels y")
+    if y is None and classifier_scale:
+        raise ValueError(f"classifier_scale={classifier_scale} needs class labels y (the class to guide towards)")
+    classify = classifier if not original_t else (lambda x, t: classifier(x, model.timesteps[t]))  # noqa: E731
     null_label = getattr(model, "num_classes", None)
 
     x = randn(shape, device, generator) if x_T is None else x_T.to(device)
@@ -225,6 +238,8 @@ def sample(
         t_prev = torch.full_like(t, t_prev_int)
         output = model(x, t, None) if y is None else guided_eps(model, x, t, y, guidance_scale, null_label)
         eps, _, log_var = diffusion.read_output(output, x, t)
+        if classifier_scale:
+            eps = classifier_guided_eps(classify, x, t, y, eps, classifier_scale, diffusion)
         noise = randn(shape, device, generator)  # drawn at every step, so all samplers share one stream
         if sampler == "ddpm":
             x_prev, x0_pred = ddpm_step(diffusion, eps, t, x, noise, variance, clip_x0, log_var=log_var)
@@ -233,7 +248,8 @@ def sample(
         else:
             x0_pred = diffusion.predict_x0_from_eps(x, t, eps)
             x0_pred = x0_pred.clamp(-1.0, 1.0) if clip_x0 else x0_pred
-            x_prev, previous = dpm_solver_step(diffusion, x0_pred, t, t_prev, x, previous)
+            final = t_prev_int <= 0  # first order into t = 0 (and then to x0): the last log-SNR step is the largest
+            x_prev, previous = dpm_solver_step(diffusion, x0_pred, t, t_prev, x, None if final else previous)
         if return_trajectory and original(t_int) in record:
             traj["t"].append(original(t_int))
             traj["x_t"].append(x.cpu())

@@ -128,6 +128,14 @@ class GaussianMixture:
         log_joint, _, _ = self._log_components(x, abar, y)
         return log_joint.logsumexp(1)
 
+    def class_log_probs(self, x, abar) -> torch.Tensor:
+        """log p(y | x_t) (B, num_classes) by Bayes' rule: the exact noise-aware classifier of this mixture."""
+        if self.labels is None:
+            raise ValueError("this mixture has no labels, so no classes to classify")
+        log_joint, _, _ = self._log_components(x, abar, None)  # log(w_k N_k(x)) (B, K)
+        per_class = [log_joint[:, self.labels == c].logsumexp(1) for c in range(self.num_classes)]  # log p(x_t, y = c)
+        return torch.stack(per_class, 1).log_softmax(1)
+
     def score(self, x, abar, y=None) -> torch.Tensor:
         """grad_x log p_t(x) (B, D): each component's score -(x - centre) / v, weighted by its posterior probability."""
         log_joint, centres, var = self._log_components(x, abar, y)

@@ -280,3 +280,56 @@ def guided_samples(model, diffusion, digit: int = 3, guidance_scale: float = 3.0
     images = sample(model, diffusion, (n, model.config.in_channels, model.config.image_size, model.config.image_size),
                     num_steps=steps, y=digit, guidance_scale=guidance_scale, generator=generator, progress=False)
     return show_images(images, nrow=n, title=f"digit {digit}, guidance scale s = {guidance_scale:g} (w = {guidance_scale - 1:g})")
+
+
+def score_field(mix, diffusion, t: int = 0, model=None, y: int | None = None, lim: float = 3.5, n: int = 19, ax=None) -> Figure:
+    """The noised density p_t of a 2-D `GaussianMixture` (shaded) and its exact score (black arrows) at code
+    timestep `t`; with a `model`, its learned score -eps_theta / sqrt(1 - abar_t) too (orange): the score widget.
+    Draws into `ax` if given (and returns its figure)."""
+    if not 0 <= t < diffusion.num_timesteps:
+        return _error_figure(f"t must be 0..{diffusion.num_timesteps - 1}, got {t}")
+    abar = diffusion.alphas_cumprod.double()[t]
+    axis = torch.linspace(-lim, lim, 121, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)  # (121 * 121, 2)
+    density = mix.log_prob(grid, abar, y).exp().reshape(121, 121)
+    coarse = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    pts = torch.stack(torch.meshgrid(coarse, coarse, indexing="xy"), -1).reshape(-1, 2)  # (n * n, 2)
+    if ax is None:
+        ax = new_figure(figsize=(4.6, 4.4)).add_subplot()
+    fig = ax.figure
+    ax.imshow(density.numpy(), extent=(-lim, lim, -lim, lim), origin="lower", cmap="Blues")
+    arrows = {"exact score": (mix.score(pts, abar, y), "black")}
+    if model is not None:
+        tt = torch.full((len(pts),), t, dtype=torch.long)
+        labels = None if y is None else torch.full_like(tt, y)
+        with torch.no_grad():
+            eps = model(pts.float(), tt, labels).double()
+        arrows["learned score"] = (-eps / (1 - abar).sqrt(), "tab:orange")
+    scale = max(v.norm(dim=1).max().item() for v, _ in arrows.values()) / (2 * lim / n)  # the longest arrow spans one cell
+    for label, (v, colour) in arrows.items():
+        ax.quiver(pts[:, 0], pts[:, 1], v[:, 0], v[:, 1], color=colour, angles="xy", scale_units="xy", scale=scale,
+                  width=0.004, label=label)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="$x_1$", ylabel="$x_2$", aspect="equal",
+           title=f"t = {t + 1} (paper), abar = {abar:.3f}")
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def point_samples(sets: dict, mix=None, lim: float = 3.5, title: str | None = None) -> Figure:
+    """Scatter plots of point sets (name -> (N, 2) tensor) side by side, over the data density of `mix` if given."""
+    fig = new_figure(figsize=(3.3 * len(sets), 3.4))
+    axes = fig.subplots(1, len(sets), squeeze=False)[0]
+    for ax, (name, pts) in zip(axes, sets.items(), strict=True):
+        if mix is not None:
+            axis = torch.linspace(-lim, lim, 101, dtype=torch.float64)
+            grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+            ax.imshow(mix.log_prob(grid, 1.0).exp().reshape(101, 101).numpy(), extent=(-lim, lim, -lim, lim), origin="lower",
+                      cmap="Greys", alpha=0.5)
+        pts = torch.as_tensor(pts).detach().cpu()
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, color="tab:blue")
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=name, xlabel="$x_1$")
+    axes[0].set_ylabel("$x_2$")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

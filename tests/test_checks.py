@@ -152,6 +152,16 @@ def learned_log_variance(diffusion, v, t, from_v=False):
     return frac * log_beta + (1 - frac) * diffusion.posterior_log_variance_clipped[t].view(-1, 1, 1, 1)
 
 
+def score_from_eps(eps, abar, power=0.5):
+    return -eps / (1 - abar) ** power
+
+
+def dpm_solver_update(x_t, D, abar, abar_prev, flip=1.0):
+    lam, lam_prev = 0.5 * torch.log(abar / (1 - abar)), 0.5 * torch.log(abar_prev / (1 - abar_prev))
+    h = flip * (lam_prev - lam)
+    return ((1 - abar_prev) / (1 - abar)).sqrt() * x_t - abar_prev.sqrt() * torch.expm1(-h) * D
+
+
 CASES = [  # (check, correct implementation, realistic mistake, words the hint must contain)
     (checks.check_log_normal, log_normal, log_normal_std, "standard deviation"),
     (checks.check_kl_gauss, kl_gauss, kl_reversed, "KL(p || q)"),
@@ -176,6 +186,8 @@ CASES = [  # (check, correct implementation, realistic mistake, words the hint m
     (checks.check_v_target, v_target, lambda *a: v_target(*a, sign=-1.0), "that is x_t (a plus sign)"),
     (checks.check_learned_log_variance, learned_log_variance, lambda *a: learned_log_variance(*a, from_v=True),
      "turn it into a fraction first"),
+    (checks.check_score_from_eps, score_from_eps, lambda e, a: score_from_eps(e, a, power=1.0), "not the variance"),
+    (checks.check_dpm_solver_update, dpm_solver_update, lambda *a: dpm_solver_update(*a, flip=-1.0), "you have its negative"),
 ]
 
 

@@ -111,3 +111,18 @@ def test_mixture_rejects_bad_input():
         mix.score(torch.zeros(2, 2), 0.5, torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="has no labels"):
         GaussianMixture(means=[[0.0, 0.0]], stds=1.0).score(torch.zeros(1, 2), 0.5, torch.tensor([0]))
+
+
+def test_class_log_probs_is_bayes_rule_and_differentiable():
+    from ddpm_utils.toy import GaussianMixture
+
+    mix = GaussianMixture(means=[[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0]], stds=[0.5, 0.7, 0.4], weights=[1.0, 2.0, 1.0], labels=[0, 1, 1])
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    log_probs = mix.class_log_probs(x, 0.6)
+    prior = torch.tensor([0.25, 0.75], dtype=torch.float64)
+    joint = torch.stack([mix.log_prob(x, 0.6, torch.full((6,), c)) for c in (0, 1)], 1) + prior.log()  # log p(x_t | y) p(y)
+    torch.testing.assert_close(log_probs, joint.log_softmax(1))
+    grad = torch.autograd.grad(log_probs[:, 0].sum(), x)[0]  # what classifier guidance needs
+    torch.testing.assert_close(grad, mix.score(x.detach(), 0.6, torch.zeros(6)) - mix.score(x.detach(), 0.6))  # Bayes for scores
+    with pytest.raises(ValueError, match="no labels"):
+        GaussianMixture(means=[[0.0, 0.0]], stds=1.0).class_log_probs(x, 0.5)
