@@ -12,6 +12,8 @@ which no model in the course trains on.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -163,7 +165,7 @@ def train_noisy_classifier(diffusion: GaussianDiffusion, epochs: int = 20, batch
     g = torch.Generator().manual_seed(seed)
     x, y = _tensors(train=True)
     x_test, y_test = _tensors(train=False)
-    diffusion = diffusion.cpu()
+    diffusion = copy.deepcopy(diffusion).cpu()  # trains on the CPU; the caller's diffusion stays where it is
     T = diffusion.num_timesteps
     model = NoisyClassifier(diffusion.schedule)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)

@@ -331,5 +331,5 @@ def point_samples(sets: dict, mix=None, lim: float = 3.5, title: str | None = No
     axes[0].set_ylabel("$x_2$")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.92) if title else None)
     return fig

@@ -14,7 +14,7 @@ from ddpm_utils.training import TrainConfig
 def test_help_lists_every_command_and_train_options_explain_themselves(capsys):
     assert main(["--help"]) == 0
     top = capsys.readouterr().out
-    for command in ("train", "sample", "evaluate", "bench", "train-classifier", "figures", "exercises"):
+    for command in ("train", "sample", "evaluate", "bench", "train-classifier", "train-noisy-classifier", "figures", "exercises"):
         assert f"\n    {command}" in top, command
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
@@ -57,6 +57,11 @@ def bad_inputs(run, tmp_path):
                                "--out", str(tmp_path / "no" / "such" / "dir" / "x.png")], "does not exist"),
         "bad step list": (["evaluate", "--checkpoint", str(run / "last.pt"), "--steps", "ten"], "--steps must be comma-separated"),
         "bad batch sizes": (["bench", "--batch-sizes", "a,b"], "--batch-sizes must be comma-separated"),
+        "bad classifier scales": (["evaluate", "--checkpoint", str(run / "last.pt"), "--classifier-scale", "x"],
+                                  "--classifier-scale must be comma-separated"),
+        "classifier of another schedule": (["sample", "--checkpoint", str(run / "last.pt"), "--steps", "1", "--num", "2",
+                                            "--classifier-scale", "2", "--out", str(tmp_path / "x.png")], "trained on x_t of schedule"),
+        "zero epochs": (["train-noisy-classifier", "--epochs", "0", "--out", str(tmp_path / "c.pt")], "--epochs must be >= 1"),
         "not a device": (["sample", "--device", "gpu0", "--out", "x.png"], "is not a device name"),
     } | ({} if torch.cuda.is_available() else {"no such GPU": (["sample", "--device", "cuda", "--out", "x.png"],
                                                                "no CUDA GPU is available")})
@@ -81,3 +86,10 @@ def test_a_diverging_run_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypat
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "loss is nan at step 0" in err and len(message_lines(err)) == 1 and "Traceback" not in err
+
+
+def test_sample_with_classifier_guidance_writes_a_grid(tmp_path, capsys):
+    out = tmp_path / "guided.png"
+    assert main(["sample", "--steps", "2", "--num", "2", "--guidance-scale", "0", "--classifier-scale", "3", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and "wrote" in capsys.readouterr().out

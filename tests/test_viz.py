@@ -139,3 +139,21 @@ def test_unet_diagram_draws_every_module_and_skip():
         assert boxes[0].get_text() == f"conv\n{model.config.base_channels}" and boxes[-1].get_text() == "conv\n1"
         assert sum("attn" in t.get_text() for t in boxes) == sum(getattr(m, "attn", None) is not None for m in model.modules()
                                                                   if isinstance(m, Block))
+
+
+def test_score_field_and_point_samples():
+    from ddpm_utils.diffusion import GaussianDiffusion
+    from ddpm_utils.points import PointMLP, PointMLPConfig
+    from ddpm_utils.toy import GaussianMixture
+
+    mix = GaussianMixture(means=[[-1.0, 0.0], [1.0, 0.0]], stds=0.3, labels=[0, 1])
+    diffusion = GaussianDiffusion.from_schedule("linear", 100)
+    before = plt.get_fignums()
+    fig = viz.score_field(mix, diffusion, 10, model=PointMLP(PointMLPConfig(num_classes=2)), y=1)
+    assert isinstance(fig, Figure) and len(fig.axes[0].collections) == 2  # exact and learned arrows
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["exact score", "learned score"]
+    assert "t = 11 (paper)" in fig.axes[0].get_title()  # code t 10 is the paper's t = 11
+    assert "t must be 0..99" in viz.score_field(mix, diffusion, 100).texts[0].get_text()
+    fig = viz.point_samples({"a": torch.zeros(5, 2), "b": torch.ones(3, 2)}, mix, title="two sets")
+    assert [ax.get_title() for ax in fig.axes] == ["a", "b"] and fig._suptitle.get_text() == "two sets"
+    assert plt.get_fignums() == before
