@@ -78,6 +78,7 @@ def test_real_digits_score_well_and_noise_scores_badly(evaluator):
     noise = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     fake = evaluator.score(noise, torch.arange(200) % 10)
     assert fake["accuracy"] < 0.3 and fake["fd"] > 10 * reference["fd"] and fake["nearest"] > 2 * fake["nearest_real"]
+    assert abs(reference["kid"]) < 0.02 * fake["kid"]  # real digits: KID near 0 (unbiased), noise: far from it
     copies = evaluator.score(evaluator.train_images[:50])  # memorised training digits are caught
     assert copies["nearest_real"] > 5  # real held-out digits are far from every training digit
     assert 5 < real["diversity"] < 25 and fake["diversity"] > real["diversity"]
@@ -173,3 +174,28 @@ def test_cli_evaluate(tmp_path, capsys):
     assert "DDPM 3, s=3" in out and "bits/dim on 2 held-out digits" in out
     assert main(["evaluate", "--checkpoint", str(path), "--steps", "ten"]) == 2
     assert "--steps must be comma-separated numbers, got 'ten'" in capsys.readouterr().err
+
+
+def test_kernel_distance_is_unbiased_where_fd_is_not():
+    from ddpm_utils.evaluation import kernel_distance
+
+    # the estimator, written out pair by pair on a tiny case
+    a, b = torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    k = lambda x, y: (x.double() @ y.double() / 3 + 1) ** 3  # noqa: E731
+    xx = sum(k(a[i], a[j]) for i in range(5) for j in range(5) if i != j) / 20
+    yy = sum(k(b[i], b[j]) for i in range(4) for j in range(4) if i != j) / 12
+    xy = sum(k(a[i], b[j]) for i in range(5) for j in range(4)) / 20
+    assert kernel_distance(a, b) == pytest.approx((xx + yy - 2 * xy).item(), rel=1e-9)
+    # two samples of one Gaussian: KID is 0 on average (unbiased), FD is not (biased upwards at small n)
+    g = torch.Generator().manual_seed(2)
+    kids, fds = [], []
+    for _ in range(200):
+        x, y = torch.randn(30, 8, generator=g), torch.randn(30, 8, generator=g)
+        kids.append(kernel_distance(x, y))
+        fds.append(frechet_distance(x, y))
+    kids = torch.tensor(kids)
+    assert abs(kids.mean()) < 3 * kids.std() / 200**0.5 and min(kids) < 0 < max(kids)
+    assert torch.tensor(fds).mean() > 1.0  # measured about 4.9: every FD is positive, none is near 0
+    assert kernel_distance(torch.randn(200, 8, generator=g), torch.randn(200, 8, generator=g) + 1) > 50 * kids.std()
+    with pytest.raises(ValueError, match="same D"):
+        kernel_distance(torch.zeros(10, 3), torch.zeros(10, 4))
