@@ -98,3 +98,12 @@ def test_make_exercise_leaves_the_solution_untouched():
     before = json.dumps(nb)
     make_exercise(nb, path.name)
     assert json.dumps(nb) == before
+
+
+@pytest.mark.parametrize("path", EXERCISE_NOTEBOOKS, ids=[p.name for p in EXERCISE_NOTEBOOKS])
+def test_no_widget_runs_before_the_first_stub(path):
+    """Under ipywidgets 7 (Colab's version) nbclient, which runs these notebooks up to their first stub above, can stall
+    on an `interact` cell for its whole timeout: keep every widget after a notebook's first exercise."""
+    nb = nbformat.read(path, as_version=4)
+    first_stub = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "# YOUR CODE HERE" in c.source)
+    assert not [i for i, c in enumerate(nb.cells[: first_stub + 2]) if c.cell_type == "code" and "interact(" in c.source]
