@@ -176,7 +176,7 @@ def train_noisy_classifier(diffusion: GaussianDiffusion, epochs: int = 20, batch
         for i in range(0, len(x) - batch_size + 1, batch_size):
             idx = perm[i: i + batch_size]
             t = torch.randint(0, T, (batch_size,), generator=g)
-            x_t = diffusion.q_sample(_shift(x[idx], g), t, torch.randn(x[idx].shape, generator=g))
+            x_t = diffusion.q_sample(_shift(x[idx], g), t, torch.randn((batch_size, *x.shape[1:]), generator=g))
             loss = F.cross_entropy(model(x_t, t), y[idx])
             opt.zero_grad()
             loss.backward()

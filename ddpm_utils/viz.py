@@ -282,6 +282,12 @@ def guided_samples(model, diffusion, digit: int = 3, guidance_scale: float = 3.0
     return show_images(images, nrow=n, title=f"digit {digit}, guidance scale s = {guidance_scale:g} (w = {guidance_scale - 1:g})")
 
 
+def plane_grid(lim: float, n: int) -> torch.Tensor:
+    """The n x n points of a regular grid over [-lim, lim]^2, row by row: (n * n, 2), float64."""
+    axis = torch.linspace(-lim, lim, n, dtype=torch.float64)
+    return torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+
+
 def score_field(mix, diffusion, t: int = 0, model=None, y: int | None = None, lim: float = 3.5, n: int = 19, ax=None) -> Figure:
     """The noised density p_t of a 2-D `GaussianMixture` (shaded) and its exact score (black arrows) at code
     timestep `t`; with a `model`, its learned score -eps_theta / sqrt(1 - abar_t) too (orange): the score widget.
@@ -289,11 +295,8 @@ def score_field(mix, diffusion, t: int = 0, model=None, y: int | None = None, li
     if not 0 <= t < diffusion.num_timesteps:
         return _error_figure(f"t must be 0..{diffusion.num_timesteps - 1}, got {t}")
     abar = diffusion.alphas_cumprod.double()[t]
-    axis = torch.linspace(-lim, lim, 121, dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)  # (121 * 121, 2)
-    density = mix.log_prob(grid, abar, y).exp().reshape(121, 121)
-    coarse = torch.linspace(-lim, lim, n, dtype=torch.float64)
-    pts = torch.stack(torch.meshgrid(coarse, coarse, indexing="xy"), -1).reshape(-1, 2)  # (n * n, 2)
+    density = mix.log_prob(plane_grid(lim, 121), abar, y).exp().reshape(121, 121)
+    pts = plane_grid(lim, n)  # (n * n, 2): where the arrows start
     if ax is None:
         ax = new_figure(figsize=(4.6, 4.4)).add_subplot()
     fig = ax.figure
@@ -319,12 +322,10 @@ def point_samples(sets: dict, mix=None, lim: float = 3.5, title: str | None = No
     """Scatter plots of point sets (name -> (N, 2) tensor) side by side, over the data density of `mix` if given."""
     fig = new_figure(figsize=(3.3 * len(sets), 3.4))
     axes = fig.subplots(1, len(sets), squeeze=False)[0]
+    density = None if mix is None else mix.log_prob(plane_grid(lim, 101), 1.0).exp().reshape(101, 101).numpy()  # once, for every panel
     for ax, (name, pts) in zip(axes, sets.items(), strict=True):
-        if mix is not None:
-            axis = torch.linspace(-lim, lim, 101, dtype=torch.float64)
-            grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
-            ax.imshow(mix.log_prob(grid, 1.0).exp().reshape(101, 101).numpy(), extent=(-lim, lim, -lim, lim), origin="lower",
-                      cmap="Greys", alpha=0.5)
+        if density is not None:
+            ax.imshow(density, extent=(-lim, lim, -lim, lim), origin="lower", cmap="Greys", alpha=0.5)
         pts = torch.as_tensor(pts).detach().cpu()
         ax.scatter(pts[:, 0], pts[:, 1], s=3, color="tab:blue")
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=name, xlabel="$x_1$")

@@ -148,6 +148,8 @@ def test_score_field_and_point_samples():
 
     mix = GaussianMixture(means=[[-1.0, 0.0], [1.0, 0.0]], stds=0.3, labels=[0, 1])
     diffusion = GaussianDiffusion.from_schedule("linear", 100)
+    grid = viz.plane_grid(1.0, 3)
+    assert grid.shape == (9, 2) and grid[:3].tolist() == [[-1.0, -1.0], [0.0, -1.0], [1.0, -1.0]]  # row by row, x fastest
     before = plt.get_fignums()
     fig = viz.score_field(mix, diffusion, 10, model=PointMLP(PointMLPConfig(num_classes=2)), y=1)
     assert isinstance(fig, Figure) and len(fig.axes[0].collections) == 2  # exact and learned arrows
