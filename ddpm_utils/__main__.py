@@ -1,10 +1,12 @@
 """Command line: `ddpm <command>` (or `python -m ddpm_utils <command>`); `ddpm --help` lists the commands.
 
     ddpm train --preset mnist --max-steps 10000 --out runs/mnist [--resume]
+    ddpm train --dataset folder --data-dir photos.zip --image-size 64 --preset tiny --val-every 200 --out runs/photos
     ddpm sample --out digits.png [--label 3] [--guidance-scale 3] [--steps 50] [--checkpoint runs/mnist/last.pt]
     ddpm evaluate [--checkpoint PATH] [--steps 50,0] [--guidance-scale 1,3] [--classifier-scale 2,4] [--num 500] [--nll 100]
+                  [--classifier FILE --data-dir DIR]
     ddpm bench [--preset mnist] [--batch-sizes 32,128] [--compile]
-    ddpm train-classifier --out ddpm_utils/assets/mnist_classifier.pt
+    ddpm train-classifier --out ddpm_utils/assets/mnist_classifier.pt [--dataset cifar10 --data-dir DIR]
     ddpm train-noisy-classifier --out ddpm_utils/assets/mnist_noisy_classifier.pt
     ddpm figures [--out images]
     ddpm exercises
@@ -28,8 +30,8 @@ import time
 import torch
 
 from . import __version__
-from .checkpoints import load_checkpoint, load_pretrained
-from .data import SOURCES
+from .checkpoints import dataset_info, load_checkpoint, load_pretrained
+from .data import DATASETS, SOURCES
 from .diffusion import PREDICTIONS, WEIGHTINGS
 from .samplers import SAMPLERS, sample
 from .schedules import SCHEDULES
@@ -38,7 +40,8 @@ from .unet import PRESETS
 
 # TrainConfig fields whose values come from a fixed set: the CLI offers exactly these
 CHOICES = {"preset": sorted(PRESETS), "schedule": list(SCHEDULES), "amp": ["auto", "bf16", "fp16", "off"],
-           "data_source": list(SOURCES), "prediction": list(PREDICTIONS), "loss_weighting": list(WEIGHTINGS)}
+           "data_source": list(SOURCES), "prediction": list(PREDICTIONS), "loss_weighting": list(WEIGHTINGS),
+           "dataset": list(DATASETS), "channels": [0, 1, 3]}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         return sub
 
-    t = command("train", _train, "train a UNet on MNIST; writes OUT/last.pt and OUT/samples.png")
+    t = command("train", _train, "train a UNet on MNIST or another data set; writes OUT/last.pt, OUT/samples.png and OUT/loss.png")
     t.add_argument("--out", required=True, help="run folder (checkpoint, sample grids)")
     t.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
     defaults, comments = TrainConfig(), field_help(TrainConfig)
@@ -77,14 +80,14 @@ def _parser() -> argparse.ArgumentParser:
         helptext = f"{comments[f.name]} (default {default})".replace("%", "%%")
         if kind is not None:
             t.add_argument(option, type=kind, default=default, choices=CHOICES.get(f.name), help=helptext)
-        elif f.type == "bool":
+        elif f.type in ("bool", "bool | None"):
             t.add_argument(option, action=argparse.BooleanOptionalAction, default=default, help=helptext)
 
     s = command("sample", _sample, "draw a grid of samples to a PNG file (the bundled model unless --checkpoint)")
     s.add_argument("--out", required=True, help="PNG file to write")
     s.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
-    s.add_argument("--label", type=int, help="digit 0-9 to draw (default: one row per digit)")
-    s.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance scale s (default 3)")
+    s.add_argument("--label", help="the class to draw, by name (e.g. airplane, or 3 for MNIST) or index (default: one row per class)")
+    s.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale s (default 3; class-conditional models only)")
     s.add_argument("--classifier-scale", type=float, default=0.0,
                    help="classifier guidance with the bundled noise-aware classifier (default 0 = off; "
                         "--guidance-scale 0 --classifier-scale 4 guides the unconditional model by the classifier alone)")
@@ -97,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
     e.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddpm (ancestral), ddim or dpm-solver++ (default ddim)")
     e.add_argument("--steps", default="50", help="comma-separated step counts; 0 = all T ancestral DDPM steps (default 50)")
-    e.add_argument("--guidance-scale", default="3", help="comma-separated guidance scales (default 3)")
+    e.add_argument("--guidance-scale", help="comma-separated guidance scales (default 3; class-conditional models only)")
     e.add_argument("--classifier-scale", default="", help="comma-separated classifier-guidance scales: also score the "
                    "unconditional model guided by the bundled noise-aware classifier at each (default: none)")
     e.add_argument("--unconditional", action="store_true", help="also score unconditional samples")
@@ -106,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also the bound in bits/dim on N held-out digits (all T terms: T network evaluations per digit, slow)")
     e.add_argument("--num", type=int, default=500, help="samples per setting (default 500)")
     e.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
+    e.add_argument("--classifier", help="judge with this classifier from `train-classifier --dataset` (needed for any data "
+                   "but MNIST; default: the shipped MNIST classifier)")
+    e.add_argument("--data-dir", help="where the classifier's data set is (default: the folder recorded in its file)")
 
     b = command("bench", _bench, "measure training and sampling images/s")
     b.add_argument("--preset", default="mnist", choices=sorted(PRESETS), help="UNet preset (default mnist)")
@@ -115,7 +121,12 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("train-classifier", _train_classifier, "train the evaluation classifier; prints its held-out accuracy")
     c.add_argument("--out", required=True, help="weights file (the shipped one is ddpm_utils/assets/mnist_classifier.pt)")
-    c.add_argument("--epochs", type=int, default=15, help="passes over the 4,500 training digits (default 15)")
+    c.add_argument("--dataset", choices=DATASETS, help="train on this labelled data set (default: the bundled MNIST digits, "
+                   "written in the shipped file's format)")
+    c.add_argument("--data-dir", help="the data set's folder (for --dataset folder: the image folder or .zip)")
+    c.add_argument("--image-size", type=int, help="resize to this (default: the data's own; use the size the model was trained at)")
+    c.add_argument("--channels", type=int, choices=[1, 3], help="folders: 1 or 3 (default: RGB unless every image is grayscale)")
+    c.add_argument("--epochs", type=int, default=15, help="passes over the training images (default 15)")
     c.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order (default 0)")
 
     n = command("train-noisy-classifier", _train_noisy_classifier,
@@ -161,11 +172,20 @@ def _train(args) -> None:
 
 def _train_classifier(args) -> None:
     from .checkpoints import sha256
-    from .classifier import train_classifier
+    from .classifier import save_classifier, train_classifier
+    from .data import load_dataset
 
-    model, acc = train_classifier(epochs=args.epochs, seed=args.seed)
-    torch.save(model.state_dict(), args.out)
-    print(f"held-out accuracy {acc:.4f} on the 500 test digits; wrote {args.out} (SHA-256 {sha256(args.out)})")
+    if args.dataset is None:
+        model, acc = train_classifier(epochs=args.epochs, seed=args.seed)
+        torch.save(model.state_dict(), args.out)  # the shipped file's format: plain weights
+        print(f"held-out accuracy {acc:.4f} on the 500 test digits; wrote {args.out} (SHA-256 {sha256(args.out)})")
+        return
+    kw = {"root": args.data_dir, "image_size": args.image_size, "channels": args.channels}
+    train_set, test_set = load_dataset(args.dataset, True, **kw), load_dataset(args.dataset, False, **kw)
+    model, acc = train_classifier(epochs=args.epochs, seed=args.seed, train_set=train_set, test_set=test_set)
+    model.dataset["data_dir"] = os.path.abspath(args.data_dir) if args.data_dir else None
+    save_classifier(model, args.out)
+    print(f"held-out accuracy {acc:.4f} on {len(test_set):,} test images of {args.dataset}; wrote {args.out}")
 
 
 def _train_noisy_classifier(args) -> None:
@@ -174,7 +194,7 @@ def _train_noisy_classifier(args) -> None:
 
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    _, diffusion = _model(args.checkpoint, "cpu")
+    _, diffusion, _ = _model(args.checkpoint, "cpu")
     model, acc = train_noisy_classifier(diffusion, epochs=args.epochs, seed=args.seed)
     save_noisy_classifier(model, args.out)
     print("held-out accuracy by paper t: " + ", ".join(f"t={t}: {a:.1%}" for t, a in acc.items()))
@@ -203,12 +223,33 @@ def _exercises(args) -> None:
 
 
 def _model(checkpoint, device_name):
-    """(model, diffusion) from a checkpoint's EMA weights, or the bundled model, on the chosen device."""
+    """(model, diffusion, its training data's record) from a checkpoint's EMA weights, or the bundled model."""
     device = _device(device_name)
     if checkpoint:
         ckpt = load_checkpoint(checkpoint, use_ema=True, map_location=device)
-        return ckpt.model.eval(), ckpt.diffusion
-    return load_pretrained("mnist", device=device)
+        return ckpt.model.eval(), ckpt.diffusion, ckpt.dataset
+    model, diffusion = load_pretrained("mnist", device=device)
+    return model, diffusion, dataset_info({}, model.config)
+
+
+def _label(text: str, info: dict) -> int:
+    """A class index from --label: a class name of the training data (any case) or an index."""
+    names = info["class_names"]
+    if not names:
+        raise ValueError(f"--label {text}: this model was trained on unlabelled images ({info['name']}), so it has no classes to "
+                         "draw; leave out --label (and --guidance-scale)")
+    lower = [n.lower() for n in names]
+    if text.lower() in lower:
+        return lower.index(text.lower())
+    if text.isdigit() and int(text) < len(names):
+        return int(text)
+    raise ValueError(f"--label {text!r} is not a class of this model; its classes are {names} (or indices 0..{len(names) - 1})")
+
+
+def _check_classifier_scale(info: dict) -> None:
+    if info["name"] != "mnist":
+        raise ValueError(f"--classifier-scale uses the bundled noise-aware MNIST classifier; this model was trained on "
+                         f"{info['name']} ({info['channels']}x{info['image_size']}x{info['image_size']})")
 
 
 def _numbers(text: str, kind, name: str) -> list:
@@ -221,15 +262,29 @@ def _numbers(text: str, kind, name: str) -> list:
 def _evaluate(args) -> None:
     from .evaluation import Evaluator, format_table, generate
 
-    steps, scales = _numbers(args.steps, int, "--steps"), _numbers(args.guidance_scale, float, "--guidance-scale")
+    steps, scales = _numbers(args.steps, int, "--steps"), _numbers(args.guidance_scale or "3", float, "--guidance-scale")
     if args.num < 2 or min(steps) < 0:
         raise ValueError(f"--num must be >= 2 and --steps >= 0, got {args.num} and {args.steps}")
-    model, diffusion = _model(args.checkpoint, args.device)
-    evaluator = Evaluator(next(model.parameters()).device)
-    rows = [{"setting": "real training digits", **evaluator.score_real(args.num, args.seed)}]
+    model, diffusion, info = _model(args.checkpoint, args.device)
+    if info["name"] != "mnist" and not args.classifier:
+        raise ValueError(f"this model was trained on {info['name']}; the shipped classifier judges MNIST digits only. Train one "
+                         f"with `ddpm train-classifier --dataset {info['name']} --data-dir DIR --image-size {info['image_size']} "
+                         "--out classifier.pt` and pass --classifier classifier.pt")
+    evaluator = Evaluator(next(model.parameters()).device, classifier=args.classifier, data_dir=args.data_dir)
+    shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
+    if shape != evaluator.shape or (model.num_classes and evaluator.class_names != info["class_names"]):
+        raise ValueError(f"the classifier judges {evaluator.shape} images of classes {evaluator.class_names}; the model makes "
+                         f"{shape} images of classes {info['class_names']}")
+    if not model.num_classes and (args.guidance_scale is not None or args.classifier_scale):
+        raise ValueError("this model is unconditional (trained on unlabelled images): it takes no guidance; "
+                         "evaluate it with --unconditional alone")
+    scales = scales if model.num_classes else []
+    args.unconditional = args.unconditional or not model.num_classes
+    rows = [{"setting": "real training images", **evaluator.score_real(args.num, args.seed)}]
     classifier_scales = _numbers(args.classifier_scale, float, "--classifier-scale") if args.classifier_scale else []
     classifier = None
     if classifier_scales:
+        _check_classifier_scale(info)
         from .classifier import load_noisy_classifier
 
         classifier = load_noisy_classifier(next(model.parameters()).device)
@@ -261,26 +316,26 @@ def _sample(args) -> None:
 
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise FileNotFoundError(f"--out {args.out}: the folder {os.path.dirname(os.path.abspath(args.out))} does not exist")
-    model, diffusion = _model(args.checkpoint, args.device)
-    if args.label is not None and not 0 <= args.label < (model.num_classes or 0):
-        raise ValueError(f"--label must be a digit 0..{(model.num_classes or 1) - 1}, got {args.label}")
+    model, diffusion, info = _model(args.checkpoint, args.device)
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
     if args.label is not None:
-        y = torch.full((args.num,), args.label)
+        y = torch.full((args.num,), _label(args.label, info))
     else:
-        y = torch.arange(args.num) % 10 if model.num_classes else None
+        y = torch.arange(args.num) % model.num_classes if model.num_classes else None
+    if y is None and (args.guidance_scale is not None or args.classifier_scale):
+        raise ValueError("this model is unconditional (trained on unlabelled images): guidance needs classes to aim at; "
+                         "leave out --guidance-scale and --classifier-scale")
     classifier = None
     if args.classifier_scale:
         from .classifier import load_noisy_classifier
 
-        if y is None:
-            raise ValueError("--classifier-scale needs a class-conditional model's digits to aim at (this model is unconditional)")
+        _check_classifier_scale(info)
         classifier = load_noisy_classifier(next(model.parameters()).device)
     c, size = model.config.in_channels, model.config.image_size
     images = sample(model, diffusion, (args.num, c, size, size), sampler="ddpm" if args.steps == 0 else args.sampler,
                     num_steps=args.steps or None, y=y,
-                    guidance_scale=args.guidance_scale if y is not None else 1.0,
+                    guidance_scale=(3.0 if args.guidance_scale is None else args.guidance_scale) if y is not None else 1.0,
                     generator=torch.Generator().manual_seed(args.seed), classifier=classifier, classifier_scale=args.classifier_scale)
     save_image((images + 1) / 2, args.out, nrow=10)
     print(f"wrote {args.out}")

@@ -36,13 +36,22 @@ class Checkpoint:
     step: int  # training step at which it was saved
     data: dict  # everything saved: "optimizer", "ema", "extra" (RNG states, train config, ...)
 
+    @property
+    def dataset(self) -> dict:
+        """{"name", "class_names", "channels", "image_size"} of the training data (see `dataset_info`)."""
+        return dataset_info(self.data, self.model.config)
+
 
 def _state(obj):
     return obj.state_dict() if isinstance(obj, (nn.Module, torch.optim.Optimizer)) else obj
 
 
-def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion, *, step: int = 0, ema=None, optimizer=None, extra=None) -> Path:
+def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion, *, step: int = 0, ema=None, optimizer=None, extra=None,
+                    dataset: dict | None = None) -> Path:
     """Save model (and optional EMA model, optimizer, extra plain values) to `path`, atomically.
+
+    `dataset` records the training data ({"name", "class_names", "channels", "image_size"}, as
+    `data.ImageTensors.info()` gives it), so that sampling by class name never needs the data.
 
     The file is written next to `path` and renamed over it, so a crash mid-write leaves the
     previous checkpoint intact.
@@ -58,6 +67,7 @@ def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion, *, step: in
         "ema": _state(ema),
         "optimizer": _state(optimizer),
         "extra": extra or {},
+        "dataset": dataset or dataset_info({}, model.config),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +75,17 @@ def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion, *, step: in
     torch.save(data, tmp)
     os.replace(tmp, path)
     return path
+
+
+def dataset_info(data: dict, config: UNetConfig) -> dict:
+    """The training data a checkpoint records; for files from before the record existed, MNIST's digits
+    (or unnamed classes "0", "1", ...) as the model's config implies."""
+    if data.get("dataset"):
+        return data["dataset"]
+    names = [str(i) for i in range(config.num_classes)] if config.num_classes else None
+    digits = config.in_channels == 1 and config.image_size == 28 and config.num_classes in (10, None)
+    return {"name": "mnist" if digits else "unknown", "class_names": names, "channels": config.in_channels,
+            "image_size": config.image_size}
 
 
 def _diffusion_from(data: dict) -> GaussianDiffusion:

@@ -13,6 +13,7 @@ which no model in the course trains on.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,31 +31,39 @@ NOISY_SHA256 = "74fd11ae1f47717b456609b5b7924ea780c662e3b1c0f16704d1afcdacb29240
 
 
 class MNISTClassifier(nn.Module):
-    """conv(32) -> conv(32) -> pool -> conv(64) -> conv(64) -> pool -> fc(128) -> fc(10), on images in [-1, 1]."""
+    """conv(32) -> conv(32) -> pool -> conv(64) -> conv(64) -> pool -> fc(128) -> fc(num_classes), on images in [-1, 1].
 
-    def __init__(self):
+    MNIST's shape by default; `train-classifier --dataset` trains the same network on any labelled data set.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10):
         super().__init__()
+        if image_size % 4 or num_classes < 2:
+            raise ValueError(f"the classifier needs an image size divisible by 4 and >= 2 classes, got {image_size}, {num_classes}")
+        self.shape = (in_channels, image_size, image_size)
         conv = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())  # noqa: E731
-        self.body = nn.Sequential(conv(1, 32), conv(32, 32), nn.MaxPool2d(2), conv(32, 64), conv(64, 64), nn.MaxPool2d(2),
-                                  nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU())
+        self.body = nn.Sequential(conv(in_channels, 32), conv(32, 32), nn.MaxPool2d(2), conv(32, 64), conv(64, 64), nn.MaxPool2d(2),
+                                  nn.Flatten(), nn.Linear(64 * (image_size // 4) ** 2, 128), nn.ReLU())
         self.dropout = nn.Dropout(0.3)
-        self.head = nn.Linear(128, 10)
+        self.head = nn.Linear(128, num_classes)
+        self.dataset = {"name": "mnist", "class_names": [str(d) for d in range(10)], "channels": 1, "image_size": 28}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate activations (B, 128)."""
-        if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
-            raise ValueError(f"the classifier takes MNIST images of shape (B, 1, 28, 28), got {tuple(x.shape)}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"the classifier takes images of shape (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
         return self.body(x)
 
-    def forward(self, x):  # (B, 1, 28, 28) -> logits (B, 10)
+    def forward(self, x):  # (B, C, H, W) -> logits (B, num_classes)
         return self.head(self.dropout(self.features(x)))
 
 
 def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Random translations by up to `max_shift` pixels (background -1 fills the gap): cheap augmentation."""
-    padded = F.pad(x, [max_shift] * 4, value=-1.0)
+    """Random translations by up to `max_shift` pixels: cheap augmentation. The gap is filled with black (-1)
+    for one channel (the digits' background) and with the edge pixels for colour images."""
+    padded = F.pad(x, [max_shift] * 4, value=-1.0) if x.shape[1] == 1 else F.pad(x, [max_shift] * 4, mode="replicate")
     dx, dy = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
-    return padded[:, :, dy: dy + 28, dx: dx + 28]
+    return padded[:, :, dy: dy + x.shape[2], dx: dx + x.shape[3]]
 
 
 @torch.no_grad()
@@ -68,13 +77,22 @@ def _tensors(train: bool):
     return load_mnist(train=train, source="bundled").tensors()
 
 
-def train_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> tuple[MNISTClassifier, float]:
-    """Train on the bundled training split; return (model in eval mode, accuracy on the 500 held-out digits)."""
+def train_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 1e-3, seed: int = 0, train_set=None,
+                     test_set=None) -> tuple[MNISTClassifier, float]:
+    """Train on the bundled training split (or on `train_set`, a labelled `data.ImageTensors`); return
+    (model in eval mode, accuracy on the 500 held-out digits, or on `test_set`). The model's `dataset`
+    records what it was trained on."""
+    if (train_set is None) != (test_set is None):
+        raise ValueError("give both train_set and test_set, or neither (the bundled digits)")
+    if train_set is not None and not train_set.num_classes:
+        raise ValueError(f"the classifier needs labels; {train_set.source} is unlabelled (a folder without class sub-folders)")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    x, y = _tensors(train=True)
-    x_test, y_test = _tensors(train=False)
-    model = MNISTClassifier()
+    x, y = _tensors(train=True) if train_set is None else train_set.tensors()
+    x_test, y_test = _tensors(train=False) if test_set is None else test_set.tensors()
+    model = MNISTClassifier(x.shape[1], x.shape[3], train_set.num_classes if train_set is not None else 10)
+    if train_set is not None:
+        model.dataset = train_set.info()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * (len(x) // batch_size))
     for _ in range(epochs):
@@ -101,10 +119,34 @@ def _checked(file: str, expected: str, command: str):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_classifier(device="cpu") -> MNISTClassifier:
-    """The shipped classifier, in eval mode; its file's SHA-256 is checked first."""
-    model = MNISTClassifier()
-    model.load_state_dict(_checked(CLASSIFIER_FILE, CLASSIFIER_SHA256, "train-classifier"))
+CLASSIFIER_FORMAT = "ddpm_utils.classifier/1"
+
+
+def save_classifier(model: MNISTClassifier, path) -> None:
+    """Weights, shape and the training data's record (`model.dataset`), for `load_classifier(path=...)`."""
+    c, size, _ = model.shape
+    torch.save({"format": CLASSIFIER_FORMAT, "state_dict": model.state_dict(), "dataset": model.dataset,
+                "config": {"in_channels": c, "image_size": size, "num_classes": model.head.out_features}}, path)
+
+
+def load_classifier(device="cpu", path=None) -> MNISTClassifier:
+    """The shipped MNIST classifier (its file's SHA-256 checked first), or one that `save_classifier` wrote to
+    `path`, in eval mode; `model.dataset` says what data it judges."""
+    if path is None:
+        model = MNISTClassifier()
+        model.load_state_dict(_checked(CLASSIFIER_FILE, CLASSIFIER_SHA256, "train-classifier"))
+        return model.eval().to(device)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no classifier file at {path}; write one with `ddpm train-classifier --dataset NAME --out FILE`")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} could not be read as a classifier file: {type(e).__name__}") from None
+    if not isinstance(data, dict) or data.get("format") != CLASSIFIER_FORMAT:
+        raise ValueError(f"{path} is not a classifier written by `ddpm train-classifier` (expected format {CLASSIFIER_FORMAT!r})")
+    model = MNISTClassifier(**data["config"])
+    model.load_state_dict(data["state_dict"])
+    model.dataset = data["dataset"]
     return model.eval().to(device)
 
 

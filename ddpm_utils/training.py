@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import get_device
-from .data import load_mnist
+from .data import DATASETS, load_dataset
 from .diffusion import PREDICTIONS, WEIGHTINGS, GaussianDiffusion
 from .samplers import sample
 from .unet import UNet, UNetConfig
@@ -52,7 +52,13 @@ class TrainConfig:
     sample_every: int = 0  # write a sample grid every this many steps (0 = only at the end)
     sample_steps: int = 50  # DDIM steps for the sample grids
     num_workers: int = 0  # DataLoader worker processes
-    data_source: str = "auto"  # load_mnist source: "auto", "torchvision" or "bundled"
+    data_source: str = "auto"  # MNIST's source: "auto", "torchvision" or "bundled" (data.load_mnist)
+    dataset: str = "mnist"  # "mnist", "fashion-mnist", "cifar10" or "folder" (data.load_dataset)
+    data_dir: str = ""  # "folder": the folder or .zip of images; others: torchvision's data folder ("" = the default)
+    image_size: int = 0  # train at this size in pixels (0 = the data's own: 28 digits, 32 CIFAR-10, 64 folders)
+    channels: int = 0  # folders: 1 (grayscale) or 3 (RGB); 0 = RGB unless every image is grayscale
+    hflip: bool | None = None  # random horizontal flips of the training images (None = on for CIFAR-10 and folders)
+    val_every: int = 0  # validation loss on held-out images every this many steps (0 = off)
     seed: int = 0  # seeds the data order, the noise and the initial weights
     prediction: str = "eps"  # what the UNet predicts: "eps" (Ho et al. 2020), "x0", or "v" (Salimans & Ho 2022)
     learned_variance: bool = False  # also learn the reverse variance, trained with L_hybrid (Nichol & Dhariwal 2021)
@@ -74,6 +80,15 @@ class TrainConfig:
             raise ValueError(f"hybrid_lambda must be >= 0, got {self.hybrid_lambda}")
         if "learned_variance" in self.unet:
             raise ValueError("set TrainConfig.learned_variance, not unet['learned_variance']")
+        if {"image_size", "in_channels"} & set(self.unet):
+            raise ValueError("the image size and channels come from the data: set TrainConfig.image_size / channels, not unet[...]")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset == "folder" and not self.data_dir:
+            raise ValueError("dataset 'folder' needs data_dir: a folder of images (class sub-folders = labels) or a .zip of one")
+        if self.val_every < 0 or self.image_size < 0 or self.channels not in (0, 1, 3):
+            raise ValueError(f"val_every and image_size must be >= 0 and channels 0, 1 or 3, got {self.val_every}, "
+                             f"{self.image_size}, {self.channels}")
 
 
 class StepBatchSampler(Sampler):
@@ -141,10 +156,47 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
+VAL_IMAGES, VAL_TIMESTEPS = 256, 8  # the validation loss: this many held-out images, each at this many timesteps
+
+
+def load_data(config: TrainConfig, train: bool = True):
+    """The data set that `config` names (train or held-out split)."""
+    return load_dataset(config.dataset, train, root=config.data_dir or None, image_size=config.image_size or None,
+                        source=config.data_source, channels=config.channels or None)
+
+
+def fixed_subset(dataset, n: int = VAL_IMAGES, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images of `dataset` picked by a seeded permutation (all if fewer): (images (n, C, H, W), labels (n,))."""
+    images, labels = dataset.tensors()
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[idx], labels[idx]
+
+
+@torch.no_grad()
+def fixed_grid_loss(model, diffusion, x0: torch.Tensor, y: torch.Tensor | None, seed: int = 0, batch_size: int = 256) -> float:
+    """L_simple (the unweighted loss of the network's target) averaged over x0 at VAL_TIMESTEPS evenly spaced
+    timesteps with noise fixed by `seed`: the same weights always give the same value, so successive values
+    of a run differ only because the weights did. Dropout is off while it runs."""
+    T, device, was_training = diffusion.num_timesteps, diffusion.betas.device, model.training
+    grid = ((torch.arange(VAL_TIMESTEPS) + 0.5) * T / VAL_TIMESTEPS).long()
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    total = 0.0
+    for t in grid.tolist():
+        noise = torch.randn(x0.shape, generator=g)
+        for i in range(0, len(x0), batch_size):
+            xb, nb = x0[i: i + batch_size].to(device), noise[i: i + batch_size].to(device)
+            yb = None if y is None else y[i: i + batch_size].to(device)
+            tb = torch.full((len(xb),), t, device=device)
+            total += diffusion.training_loss(model, xb, yb, t=tb, noise=nb, hybrid_lambda=0.0).item() * len(xb)
+    model.train(was_training)
+    return total / (len(x0) * len(grid))
+
+
 def sample_grid(model, diffusion, steps: int, seed: int = 0) -> torch.Tensor:
-    """100 samples for a 10 x 10 grid: row k asks for digit k (guidance scale 3, DDIM), for a
-    class-conditional model; unconditional samples otherwise."""
-    y = torch.arange(10).repeat_interleave(10) if model.num_classes else None
+    """100 samples for a 10 x 10 grid: row k asks for class k (guidance scale 3, DDIM; classes repeat if
+    there are fewer than 10), for a class-conditional model; unconditional samples otherwise."""
+    y = (torch.arange(100) // 10) % model.num_classes if model.num_classes else None
     return sample(model, diffusion, (100, model.config.in_channels, model.config.image_size, model.config.image_size),
                   num_steps=steps, y=y, guidance_scale=3.0 if y is not None else 1.0,
                   generator=torch.Generator().manual_seed(seed), progress=False)
@@ -168,33 +220,42 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progress: bool = True, callback=None) -> dict:
-    """Train a UNet on MNIST as `config` says; write `out_dir/last.pt` and `out_dir/samples.png`.
+    """Train a UNet on the data set `config` names; write `out_dir/last.pt`, `samples.png` and `loss.png`.
 
-    With `resume=True`, continue exactly from `out_dir/last.pt`. `callback(step, history)`, if
-    given, is called on rank 0 after every step (a live loss plot, for example). Returns {"model", "ema",
-    "diffusion", "history" (list of (step, loss)), "checkpoint" (path)}.
+    With `resume=True`, continue exactly from `out_dir/last.pt`. `callback(step, history, val_history)`,
+    if given, is called on rank 0 after every step (a live loss plot, for example). Returns {"model", "ema",
+    "diffusion", "history" (list of (step, loss)), "val_history" (list of (step, training-image loss,
+    held-out loss), both `fixed_grid_loss` of the weights being trained, every `val_every` steps),
+    "dataset" (the training data), "checkpoint" (path)}.
     """
     out_dir = Path(out_dir)
     rank, world, local_rank = _distributed()
     device = torch.device(f"cuda:{local_rank}") if world > 1 and torch.cuda.is_available() else get_device(device)
     main = rank == 0
+    dataset = load_data(config, train=True)
+    if config.val_every:
+        val_sets = [fixed_subset(dataset, seed=config.seed), fixed_subset(load_data(config, train=False), seed=config.seed)]
+        val_sets = [(x, y if dataset.num_classes else None) for x, y in val_sets]
+    hflip = config.hflip if config.hflip is not None else config.dataset in ("cifar10", "folder")
     torch.manual_seed(config.seed)  # the initial weights
 
-    model = UNet(UNetConfig.preset(config.preset, learned_variance=config.learned_variance, **config.unet)).to(device)
+    unet = {"image_size": dataset.image_size, "in_channels": dataset.channels, "num_classes": dataset.num_classes,
+            "learned_variance": config.learned_variance, **config.unet}
+    model = UNet(UNetConfig.preset(config.preset, **unet)).to(device)
     diffusion = GaussianDiffusion.from_schedule(config.schedule, config.T, prediction=config.prediction).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
     noise_gen = torch.Generator(device).manual_seed(config.seed * 1_000 + rank)  # t, eps and label dropout
-    step, history, path, scaler_state = 0, [], out_dir / "last.pt", None
+    step, history, val_history, path, scaler_state = 0, [], [], out_dir / "last.pt", None
 
     if resume:
         ckpt = load_checkpoint(path, model=model, diffusion=diffusion, map_location=device)
         saved = ckpt.data["extra"]
         then = {**dataclasses.asdict(TrainConfig()), **saved["train_config"]}  # fields added since: their defaults
         changed = {k: (v, then[k]) for k, v in dataclasses.asdict(config).items()
-                   if k != "max_steps" and then[k] != v}  # only max_steps may change
+                   if k not in ("max_steps", "val_every") and then[k] != v}  # these two leave the weights alone
         if changed:
             raise ValueError(f"{path} was trained with a different TrainConfig (now vs then): {changed}. To train with "
                              f"the new settings, start afresh in another run folder (or delete {path}); to continue, use the old ones")
@@ -209,6 +270,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
         if device.type == "cuda" and saved["cuda_rng"] is not None:
             torch.cuda.set_rng_state(saved["cuda_rng"], device)
         step, history = ckpt.step, [tuple(h) for h in saved["history"]]
+        val_history = [tuple(h) for h in saved.get("val_history", [])]
         if main:
             print(f"resuming from {path} at step {step}")
 
@@ -225,11 +287,16 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
             dist.all_gather_object(states, noise_rng)
         extra = {"train_config": dataclasses.asdict(config), "scheduler": scheduler.state_dict(), "noise_rng": states,
                  "scaler": scaler.state_dict(), "torch_rng": torch_rng, "cuda_rng": cuda_rng,
-                 "history": [list(h) for h in history]}
+                 "history": [list(h) for h in history], "val_history": [list(h) for h in val_history]}
         if main:
-            save_checkpoint(path, model, diffusion, step=step, ema=ema, optimizer=optimizer, extra=extra)
+            save_checkpoint(path, model, diffusion, step=step, ema=ema, optimizer=optimizer, extra=extra, dataset=dataset.info())
 
-    dataset = load_mnist(train=True, source=config.data_source)
+    def write_figures(sample_file):
+        from .viz import loss_figure
+
+        save_sample_grid(ema, diffusion, out_dir / sample_file, config.sample_steps)
+        loss_figure(history, val_history).savefig(out_dir / "loss.png", dpi=100)
+
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, step, config.max_steps, rank, world)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # its own RNG, so iterating it leaves the dropout RNG alone
@@ -247,7 +314,10 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
     try:
         for x0, y in loader:
             start, rngs_at_start = time.perf_counter(), rng_states()
-            x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True) if model.num_classes else None
+            if hflip:  # drawn from the run's own generator, so resuming replays the same flips
+                flip = torch.rand(x0.shape[0], generator=noise_gen, device=device) < 0.5
+                x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = diffusion.training_loss(net, x0, y, p_uncond=config.p_uncond, generator=noise_gen,
                                                loss_weighting=config.loss_weighting, hybrid_lambda=config.hybrid_lambda)
@@ -265,15 +335,19 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
             step += 1
             history.append((step, loss.item()))
             updating = False
+            if main and config.val_every and step % config.val_every == 0:
+                val_history.append((step, *(fixed_grid_loss(model, diffusion, x, yv, seed=config.seed) for x, yv in val_sets)))
+                if progress:
+                    bar.write(f"step {step}: loss on training images {val_history[-1][1]:.4f}, held-out {val_history[-1][2]:.4f}")
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{x0.shape[0] * world / (time.perf_counter() - start):.0f}",
                             refresh=False)  # tqdm redraws at its own pace; forcing it floods Colab's output channel
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 checkpoint(rng_states())
             if main and config.sample_every and step % config.sample_every == 0:
-                save_sample_grid(ema, diffusion, out_dir / f"samples_{step:06d}.png", config.sample_steps)
+                write_figures(f"samples_{step:06d}.png")
             if main and callback is not None:
-                callback(step, history)
+                callback(step, history, val_history)
     except (KeyboardInterrupt, Exception) as e:
         # Nothing made so far is lost: save the state at the start of the interrupted step, so that
         # resume=True replays that step exactly. (Not for a non-finite loss, and not mid-update.)
@@ -285,5 +359,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
     finally:
         bar.close()
     if main:
-        save_sample_grid(ema, diffusion, out_dir / "samples.png", config.sample_steps)
-    return {"model": model, "ema": ema, "diffusion": diffusion, "history": history, "checkpoint": path}
+        write_figures("samples.png")
+    if world > 1:
+        dist.barrier()  # the other ranks wait for rank 0's files before anyone shuts the process group down
+    return {"model": model, "ema": ema, "diffusion": diffusion, "history": history, "val_history": val_history,
+            "dataset": dataset, "checkpoint": path}

@@ -67,10 +67,23 @@ class UNetConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> UNetConfig:
-        """A named configuration ("tiny" or "mnist"), with any field overridden."""
+        """A named configuration (see PRESETS), with any field overridden.
+
+        A preset sets widths and depths; with another `image_size` its self-attention stays at the
+        same levels (the 7x7 level of a 28x28 "tiny" UNet becomes the 16x16 level at 64x64), unless
+        `attention_resolutions` is given too.
+        """
         if name not in PRESETS:
             raise ValueError(f"unknown UNet preset {name!r}; expected one of {sorted(PRESETS)}")
-        return dataclasses.replace(PRESETS[name], **overrides)
+        base = PRESETS[name]
+        size = overrides.get("image_size", base.image_size)
+        if size != base.image_size and "attention_resolutions" not in overrides:
+            levels = [base.resolutions.index(r) for r in base.attention_resolutions]
+            overrides["attention_resolutions"] = tuple(size // 2**i for i in levels)
+        try:
+            return dataclasses.replace(base, **overrides)
+        except ValueError as e:
+            raise ValueError(f"preset {name!r} at image size {size}: {e}") from None
 
 
 PRESETS = {
@@ -83,6 +96,12 @@ PRESETS = {
     # the course model (about 3.6M parameters): good MNIST digits after minutes on one GPU
     "mnist": UNetConfig(base_channels=48, channel_mults=(1, 2, 2), num_res_blocks=2, attention_resolutions=(7,),
                         num_heads=4, num_groups=16, dropout=0.1),
+    # CIFAR-10 (32x32 RGB), sized for one T4-class GPU: four levels (32, 16, 8, 4), attention at 16x16 and 8x8
+    "cifar10": UNetConfig(image_size=32, in_channels=3, base_channels=64, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+                          attention_resolutions=(16, 8), num_heads=4, num_groups=16, dropout=0.1),
+    # folders at 64x64: one more down-sampling level than "cifar10" (64, 32, 16, 8, 4), attention at 16x16 and 8x8
+    "folder64": UNetConfig(image_size=64, in_channels=3, base_channels=64, channel_mults=(1, 1, 2, 2, 2), num_res_blocks=2,
+                           attention_resolutions=(16, 8), num_heads=4, num_groups=16, dropout=0.1),
 }
 
 

@@ -132,10 +132,13 @@ def embedding_explorer(dim: int = 64, max_period: float = 10000, T: int = 1000) 
     return fig
 
 
-def loss_figure(history, window: int = 50) -> Figure:
-    """The training loss per step (faint) and its moving average over `window` steps, on a log scale.
+def loss_figure(history, val_history=(), window: int = 50) -> Figure:
+    """The training loss per step (faint) and its moving average over `window` steps, on a log scale;
+    with `val_history`, also the fixed-grid loss on training images and on held-out images (markers).
 
-    `history` is the list of (step, loss) that `training.train` returns and passes to its callback.
+    `history` is the list of (step, loss) and `val_history` the list of (step, training-image loss,
+    held-out loss) that `training.train` returns and passes to its callback. Held-out loss rising while
+    the training-image loss falls is over-fitting.
     """
     fig = new_figure(figsize=(7, 3))
     ax = fig.subplots()
@@ -144,8 +147,13 @@ def loss_figure(history, window: int = 50) -> Figure:
         ax.semilogy(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="loss per step")
         w = max(1, min(window, len(losses)))
         ax.semilogy(steps[w - 1:], np.convolve(losses, np.ones(w) / w, mode="valid"), color="tab:blue", label=f"mean of {w} steps")
-        ax.legend(loc="upper right")
-    ax.set(xlabel="step", ylabel="loss (MSE of the noise)", title="Training loss")
+    if len(val_history):
+        steps, on_train, held_out = np.asarray(val_history, dtype=float).T
+        ax.semilogy(steps, on_train, "o-", color="tab:green", ms=3, label="training images (fixed t, noise)")
+        ax.semilogy(steps, held_out, "s-", color="tab:red", ms=3, label="held-out images (same t, noise)")
+    if len(history) or len(val_history):
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set(xlabel="step", ylabel="loss (MSE of the target)", title="Training and validation loss" if len(val_history) else "Training loss")
     fig.tight_layout()
     return fig
 

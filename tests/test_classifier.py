@@ -23,7 +23,7 @@ def test_shipped_classifier_file_is_checked(monkeypatch, tmp_path):
 
 
 def test_bad_input_shape():
-    with pytest.raises(ValueError, match="takes MNIST images of shape \\(B, 1, 28, 28\\), got \\(2, 3, 28, 28\\)"):
+    with pytest.raises(ValueError, match="takes images of shape \\(B, 1, 28, 28\\), got \\(2, 3, 28, 28\\)"):
         MNISTClassifier()(torch.zeros(2, 3, 28, 28))
 
 

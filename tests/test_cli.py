@@ -21,7 +21,7 @@ def test_help_lists_every_command_and_train_options_explain_themselves(capsys):
     comments = field_help(TrainConfig)
     assert set(comments) == {f.name for f in dataclasses.fields(TrainConfig)}  # every field documents itself
     assert "peak AdamW learning rate (default 0.0002)" in text
-    assert "--amp {auto,bf16,fp16,off}" in text and "--preset {mnist,small,tiny}" in text and "--device DEVICE" in text
+    assert "--amp {auto,bf16,fp16,off}" in text and "--preset {cifar10,folder64,mnist,small,tiny}" in text and "--device DEVICE" in text
     assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"ddpm_utils {__version__}"
 
 
@@ -50,7 +50,7 @@ def bad_inputs(run, tmp_path):
         "changed config": (["train", *tiny, "--max-steps", "2", "--lr", "0.5", "--out", str(run), "--resume"],
                            "different TrainConfig"),
         "label out of range": (["sample", "--checkpoint", str(run / "last.pt"), "--label", "12", "--out", "x.png"],
-                               "--label must be a digit 0..9, got 12"),
+                               "--label '12' is not a class of this model; its classes are"),
         "missing checkpoint": (["sample", "--checkpoint", str(tmp_path / "nope.pt"), "--out", "x.png"], "no checkpoint file"),
         "corrupt checkpoint": (["sample", "--checkpoint", str(corrupt), "--out", "x.png"], "could not be read as a checkpoint"),
         "unwritable output": (["sample", "--checkpoint", str(run / "last.pt"), "--steps", "1", "--num", "2",

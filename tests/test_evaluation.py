@@ -167,7 +167,7 @@ def test_cli_evaluate(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(path), "--num", "10", "--steps", "2,0", "--guidance-scale", "1,3",
                  "--unconditional"]) == 0
     table = capsys.readouterr().out.split("setting")[-1].splitlines()
-    assert [line[:20].strip() for line in table[1:]] == ["real training digits", "DDIM 2, s=1", "DDIM 2, s=3", "DDPM 20, s=1",
+    assert [line[:20].strip() for line in table[1:]] == ["real training images", "DDIM 2, s=1", "DDIM 2, s=3", "DDPM 20, s=1",
                                                          "DDPM 20, s=3", "DDIM 2, uncond.", "DDPM 20, uncond."]
     assert main(["evaluate", "--checkpoint", str(path), "--num", "4", "--steps", "3", "--ancestral", "--nll", "2"]) == 0
     out = capsys.readouterr().out

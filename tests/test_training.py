@@ -33,7 +33,7 @@ def test_resume_is_exact(tmp_path):
 
 def test_callback_sees_every_step_and_a_finished_run_resumes_to_nothing(tmp_path):
     seen = []
-    run = train(dataclasses.replace(CFG, max_steps=3), tmp_path, progress=False, callback=lambda step, h: seen.append((step, len(h))))
+    run = train(dataclasses.replace(CFG, max_steps=3), tmp_path, progress=False, callback=lambda step, h, val: seen.append((step, len(h))))
     assert seen == [(1, 1), (2, 2), (3, 3)] and run["history"][-1][0] == 3
     again = train(dataclasses.replace(CFG, max_steps=2), tmp_path, resume=True, progress=False)  # already past step 2
     assert len(again["history"]) == 3 and load_checkpoint(tmp_path / "last.pt").step == 3
@@ -133,7 +133,7 @@ def test_cli_train_then_sample(tmp_path, capsys):
                  "--label", "3", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
     assert main(["sample", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--label", "12", "--out", "x.png"]) == 2
-    assert "--label must be a digit 0..9, got 12" in capsys.readouterr().err
+    assert "--label '12' is not a class of this model; its classes are" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path / "nope.pt"), "--out", "x.png"]) == 2
     assert "no checkpoint file" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path), "--batch-size", "abc"]) == 2
@@ -148,7 +148,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
            "--data-source", "bundled", "--out", str(tmp_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "samples.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "loss.png", "samples.png"]
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert ckpt.step == 3 and len(ckpt.data["extra"]["noise_rng"]) == 2
 

@@ -12,7 +12,9 @@ CIFAR_LIKE = UNetConfig(image_size=32, in_channels=3, base_channels=8, channel_m
 def test_preset_sizes():
     assert count_parameters(UNet(UNetConfig.preset("tiny"))) < 100_000
     assert 2_000_000 < count_parameters(UNet(UNetConfig.preset("mnist"))) < 6_000_000
-    assert sorted(PRESETS) == ["mnist", "small", "tiny"]
+    assert sorted(PRESETS) == ["cifar10", "folder64", "mnist", "small", "tiny"]
+    assert 8_000_000 < count_parameters(UNet(UNetConfig.preset("cifar10"))) < 11_000_000  # 9.3M: DDPM's CIFAR net at half width
+    assert UNetConfig.preset("folder64").resolutions == (64, 32, 16, 8, 4)  # one more level than cifar10's (32, 16, 8, 4)
     assert 1_000_000 < count_parameters(UNet(UNetConfig.preset("small"))) < 1_200_000
     assert UNetConfig.preset("mnist", num_classes=None).num_classes is None
     with pytest.raises(ValueError, match="unknown UNet preset 'huge'"):
@@ -101,3 +103,24 @@ def test_attention_is_placed_at_the_chosen_resolutions():
     for h in hooks:
         h.remove()
     assert seen and set(seen) == {7}
+
+
+def test_a_preset_keeps_its_attention_levels_at_another_image_size():
+    tiny = UNetConfig.preset("tiny")
+    assert tiny.resolutions == (28, 14, 7) and tiny.attention_resolutions == (7,)
+    at32 = UNetConfig.preset("tiny", image_size=32, in_channels=3)
+    at64 = UNetConfig.preset("tiny", image_size=64, in_channels=3)
+    assert at32.attention_resolutions == (8,) and at64.attention_resolutions == (16,)  # still the lowest level
+    assert count_parameters(UNet(at64)) == count_parameters(UNet(at32))  # widths and depths do not depend on the size
+    x = torch.randn(2, 3, 64, 64)
+    assert UNet(at64)(x, torch.tensor([0, 5])).shape == x.shape
+    cifar = UNetConfig.preset("cifar10")
+    assert UNetConfig.preset("cifar10", image_size=64).attention_resolutions == (32, 16)
+    assert UNetConfig.preset("cifar10", attention_resolutions=(4,)).attention_resolutions == (4,) != cifar.attention_resolutions
+
+
+def test_an_image_size_the_preset_cannot_halve_names_both():
+    with pytest.raises(ValueError, match="preset 'cifar10' at image size 28: image_size 28 cannot be halved 3 times"):
+        UNetConfig.preset("cifar10", image_size=28)
+    with pytest.raises(ValueError, match="preset .folder64. at image size 36: image_size 36 cannot be halved 4 times.* divisible by 16"):
+        UNetConfig.preset("folder64", image_size=36)
