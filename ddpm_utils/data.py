@@ -38,8 +38,8 @@ TORCHVISION = {
     "mnist": ("MNIST", "MNIST/raw", "the four idx files (train-images-idx3-ubyte, ...; .gz is fine)"),
     "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw", "the four idx files of github.com/zalandoresearch/fashion-mnist "
                       "(train-images-idx3-ubyte.gz, ...; on Debian/Ubuntu `apt-get install dataset-fashion-mnist`)"),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz from www.cs.toronto.edu/~kriz/cifar.html "
-                "(put the archive in the data folder, or unpack it there)"),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", "the unpacked cifar-10-python.tar.gz of www.cs.toronto.edu/~kriz/cifar.html "
+                "(or the archive itself in the folder above)"),
 }
 
 
@@ -192,8 +192,8 @@ def _download(name: str, train: bool, root: Path) -> ImageTensors:
             except Exception as err:
                 why = f"the download failed: {type(err).__name__}"
         raise FileNotFoundError(
-            f"{cls_name} files are not in {root / folder} and {why}. Put {how} "
-            f"there (torchvision's layout), or pass the folder that holds them as root= / --data-dir; with a network "
+            f"{cls_name} files are not in {root / folder} and {why}. Put {how} in that folder "
+            f"(torchvision's layout), or pass the folder that holds them as root= / --data-dir; with a network "
             f"they download by themselves") from None
 
 

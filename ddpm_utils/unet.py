@@ -69,17 +69,17 @@ class UNetConfig:
     def preset(cls, name: str, **overrides) -> UNetConfig:
         """A named configuration (see PRESETS), with any field overridden.
 
-        A preset sets widths and depths; with another `image_size` its self-attention stays at the
-        same levels (the 7x7 level of a 28x28 "tiny" UNet becomes the 16x16 level at 64x64), unless
-        `attention_resolutions` is given too.
+        A preset sets widths and depths; with another `image_size` (or fewer levels) its self-attention
+        stays at the same levels (the 7x7 level of a 28x28 "tiny" UNet becomes the 16x16 level at 64x64),
+        unless `attention_resolutions` is given too.
         """
         if name not in PRESETS:
             raise ValueError(f"unknown UNet preset {name!r}; expected one of {sorted(PRESETS)}")
         base = PRESETS[name]
-        size = overrides.get("image_size", base.image_size)
-        if size != base.image_size and "attention_resolutions" not in overrides:
-            levels = [base.resolutions.index(r) for r in base.attention_resolutions]
-            overrides["attention_resolutions"] = tuple(size // 2**i for i in levels)
+        size, mults = overrides.get("image_size", base.image_size), overrides.get("channel_mults", base.channel_mults)
+        if (size, tuple(mults)) != (base.image_size, base.channel_mults) and "attention_resolutions" not in overrides:
+            levels = {min(base.resolutions.index(r), len(mults) - 1) for r in base.attention_resolutions}  # (0 = full size)
+            overrides["attention_resolutions"] = tuple(size // 2**i for i in sorted(levels))
         try:
             return dataclasses.replace(base, **overrides)
         except ValueError as e:
