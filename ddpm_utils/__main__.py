@@ -266,6 +266,9 @@ def _evaluate(args) -> None:
     if args.num < 2 or min(steps) < 0:
         raise ValueError(f"--num must be >= 2 and --steps >= 0, got {args.num} and {args.steps}")
     model, diffusion, info = _model(args.checkpoint, args.device)
+    if info["name"] != "mnist" and not info["class_names"]:
+        raise ValueError(f"this model was trained on unlabelled images ({info['name']}): there are no classes to train a judging "
+                         "classifier on; look at its samples and their nearest training images instead (notebook 08)")
     if info["name"] != "mnist" and not args.classifier:
         raise ValueError(f"this model was trained on {info['name']}; the shipped classifier judges MNIST digits only. Train one "
                          f"with `ddpm train-classifier --dataset {info['name']} --data-dir DIR --image-size {info['image_size']} "

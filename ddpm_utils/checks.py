@@ -442,6 +442,43 @@ def check_guided_eps(guided_fn) -> None:
     _done("guided eps", len(cases))
 
 
+# ---- notebook 08 -----------------------------------------------------------------------------
+
+def check_folder_transform(to_model_input) -> None:
+    """`to_model_input(image, size)`: a PIL image (already "L" or "RGB") -> float (C, size, size) in [-1, 1]:
+    the shorter side resized to `size` (aspect ratio kept), the centre square cropped, 0..255 mapped to -1..1."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    from .folders import folder_transform
+
+    g = torch.Generator().manual_seed(8)
+    cases = [("RGB", 40, 24, 16), ("L", 20, 36, 12), ("RGB", 10, 10, 10), ("RGB", 12, 8, 16)]  # wide, tall, square, upscaled
+    for mode, w, h, size in cases:
+        pixels = torch.randint(0, 256, (h, w, 3 if mode == "RGB" else 1), generator=g, dtype=torch.uint8)
+        image = Image.fromarray(pixels.squeeze(-1).numpy(), mode)
+        case = f"a {w}x{h} {mode} image to {size}x{size}"
+        got = _call("to_model_input", case, to_model_input, image, size)
+        expected = folder_transform(size, 3 if mode == "RGB" else 1)(image).float() / 127.5 - 1
+        as_tensor = lambda im: TF.pil_to_tensor(im).float() / 127.5 - 1  # noqa: E731
+        resized = TF.resize(image, size)
+        mistakes = {
+            "keep the aspect ratio: resize the shorter side to `size` (TF.resize(image, size) with one number), then crop; "
+            "resizing to (size, size) squashes the picture.": as_tensor(TF.resize(image, [size, size])),
+            "crop the centre (TF.center_crop), not the top-left corner.": as_tensor(TF.crop(resized, 0, 0, size, size)),
+            "map 0..255 to -1..1: x / 127.5 - 1 (x / 255 gives 0..1).": TF.pil_to_tensor(TF.center_crop(resized, size)).float() / 255,
+            "scale the pixel values: x / 127.5 - 1, not the raw 0..255.": TF.pil_to_tensor(TF.center_crop(resized, size)).float(),
+        }
+        if isinstance(got, torch.Tensor) and got.shape != expected.shape:
+            raise CheckFailed(f"to_model_input, case {case}: the shape is {tuple(got.shape)}, expected {tuple(expected.shape)} "
+                              "(C, size, size).\n  hint: after resizing the shorter side, crop the centre square "
+                              "(TF.center_crop(image, size)); TF.pil_to_tensor gives (C, H, W), channels first.")
+        _compare("to_model_input", case, got, expected, mistakes, atol=1e-4,
+                 general_hint="resize with TF.resize(image, size), then TF.center_crop(image, size), then "
+                              "TF.pil_to_tensor(image).float() / 127.5 - 1.")
+    _done("to_model_input", len(cases))
+
+
 # ---- notebook 09 -----------------------------------------------------------------------------
 
 def check_v_target(v_fn) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from .data import ImageTensors
 
@@ -130,14 +131,20 @@ def load_folder(root: Path, train: bool, image_size: int, channels: int | None) 
     if channels is None:
         channels = 1 if all(m in GRAY_MODES for _, _, m in opened) else 3
     transform = folder_transform(image_size, channels)
-    images = []
-    for i in idx:
-        with Image.open(opened[i][0]) as im:
-            images.append(transform(im))
-    labels = torch.tensor([opened[i][1] for i in idx], dtype=torch.long)
+    images, labels = [], []
+    for i in tqdm(idx, desc="reading images", leave=False, disable=len(idx) < 1000):
+        try:
+            with Image.open(opened[i][0]) as im:
+                images.append(transform(im))
+            labels.append(opened[i][1])
+        except OSError:  # a header that opens but pixels that do not decode (a truncated file)
+            skipped += 1
+    if not images:
+        raise ValueError(f"{root}: none of the {len(idx)} images of the {'train' if train else 'test'} split could be decoded")
+    labels = torch.tensor(labels, dtype=torch.long)
     kind = f"{len(classes)} classes" if classes is not None else "no classes (unlabelled)"
     note = f", {skipped} file(s) skipped (not images)" if skipped else ""
-    print(f"folder: {len(opened):,} images in {kind} from {root}{note}; {len(idx):,} {'train' if train else 'test'} "
+    print(f"folder: {len(opened):,} images in {kind} from {root}{note}; {len(images):,} {'train' if train else 'test'} "
           f"images at {image_size}x{image_size}, {'RGB' if channels == 3 else 'grayscale'}")
     return ImageTensors(torch.stack(images), labels, f"folder {root}", "folder", classes)
 

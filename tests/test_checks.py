@@ -162,6 +162,15 @@ def dpm_solver_update(x_t, D, abar, abar_prev, flip=1.0):
     return ((1 - abar_prev) / (1 - abar)).sqrt() * x_t - abar_prev.sqrt() * torch.expm1(-h) * D
 
 
+def to_model_input(image, size, squash=False, corner=False, unit=False, no_crop=False):
+    from torchvision.transforms import functional as TF
+
+    image = TF.resize(image, [size, size] if squash else size)
+    image = image if no_crop else TF.crop(image, 0, 0, size, size) if corner else TF.center_crop(image, size)
+    x = TF.pil_to_tensor(image).float()
+    return x / 255 if unit else x / 127.5 - 1
+
+
 CASES = [  # (check, correct implementation, realistic mistake, words the hint must contain)
     (checks.check_log_normal, log_normal, log_normal_std, "standard deviation"),
     (checks.check_kl_gauss, kl_gauss, kl_reversed, "KL(p || q)"),
@@ -183,6 +192,10 @@ CASES = [  # (check, correct implementation, realistic mistake, words the hint m
     (checks.check_ancestral_step, ancestral, lambda *a: ancestral(*a, noise_at_zero=True), "no noise at the last step"),
     (checks.check_ddim_step, ddim, lambda *a: ddim(*a, keep_sigma_in_direction=True), "sigma^2 must come out"),
     (checks.check_guided_eps, guided, lambda *a: guided(*a, from_cond=True), "start from the unconditional"),
+    (checks.check_folder_transform, to_model_input, lambda im, s: to_model_input(im, s, squash=True), "squashes the picture"),
+    (checks.check_folder_transform, to_model_input, lambda im, s: to_model_input(im, s, corner=True), "crop the centre"),
+    (checks.check_folder_transform, to_model_input, lambda im, s: to_model_input(im, s, unit=True), "x / 255 gives 0..1"),
+    (checks.check_folder_transform, to_model_input, lambda im, s: to_model_input(im, s, no_crop=True), "crop the centre square"),
     (checks.check_v_target, v_target, lambda *a: v_target(*a, sign=-1.0), "that is x_t (a plus sign)"),
     (checks.check_learned_log_variance, learned_log_variance, lambda *a: learned_log_variance(*a, from_v=True),
      "turn it into a fraction first"),

@@ -114,3 +114,14 @@ def test_tinted_digits_are_a_real_rgb_folder(tmp_path):
     assert ds.channels == 3 and ds.num_classes == 10 and len(ds) == 20  # 3 per class, 1 held out of each
     digit = ds.images[0].float()
     assert (digit.std(dim=(1, 2)) > 5).any() and not torch.equal(digit[0], digit[1])  # colours, and a stroke on them
+
+
+def test_a_truncated_image_is_skipped_not_fatal(tmp_path, capsys):
+    for i in range(19):
+        _save(tmp_path / "a" / f"{i:02d}.png", "RGB", (16, 16), (10 * i, 0, 0))
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "a" / "big.png")
+    big = (tmp_path / "a" / "big.png").read_bytes()
+    (tmp_path / "a" / "big.png").write_bytes(big[: len(big) // 2])  # the header opens, the pixels do not decode
+    sizes = [len(data.load_dataset("folder", train=t, root=tmp_path, image_size=8)) for t in (True, False)]
+    assert sum(sizes) == 19  # the good ones, whichever split the bad one fell in (20 images: 2 held out)
+    assert "1 file(s) skipped (not images)" in capsys.readouterr().out
