@@ -78,10 +78,10 @@ def _tensors(train: bool):
 
 
 def train_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 1e-3, seed: int = 0, train_set=None,
-                     test_set=None) -> tuple[MNISTClassifier, float]:
-    """Train on the bundled training split (or on `train_set`, a labelled `data.ImageTensors`); return
-    (model in eval mode, accuracy on the 500 held-out digits, or on `test_set`). The model's `dataset`
-    records what it was trained on."""
+                     test_set=None, device="cpu") -> tuple[MNISTClassifier, float]:
+    """Train on the bundled training split (or on `train_set`, a labelled `data.ImageTensors`), on `device`;
+    return (model in eval mode on the CPU, accuracy on the 500 held-out digits, or on `test_set`). The
+    model's `dataset` records what it was trained on."""
     if (train_set is None) != (test_set is None):
         raise ValueError("give both train_set and test_set, or neither (the bundled digits)")
     if train_set is not None and not train_set.num_classes:
@@ -90,7 +90,7 @@ def train_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 1e-3, s
     g = torch.Generator().manual_seed(seed)
     x, y = _tensors(train=True) if train_set is None else train_set.tensors()
     x_test, y_test = _tensors(train=False) if test_set is None else test_set.tensors()
-    model = MNISTClassifier(x.shape[1], x.shape[3], train_set.num_classes if train_set is not None else 10)
+    model = MNISTClassifier(x.shape[1], x.shape[3], train_set.num_classes if train_set is not None else 10).to(device)
     if train_set is not None:
         model.dataset = train_set.info()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -100,12 +100,12 @@ def train_classifier(epochs: int = 15, batch_size: int = 64, lr: float = 1e-3, s
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x) - batch_size + 1, batch_size):
             idx = perm[i: i + batch_size]
-            loss = F.cross_entropy(model(_shift(x[idx], g)), y[idx])
+            loss = F.cross_entropy(model(_shift(x[idx], g).to(device)), y[idx].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-    return model.eval(), accuracy(model, x_test, y_test)
+    return model.eval().cpu(), accuracy(model.cpu(), x_test, y_test)
 
 
 def _checked(file: str, expected: str, command: str):
