@@ -10,6 +10,7 @@
     ddpm train-noisy-classifier --out ddpm_utils/assets/mnist_noisy_classifier.pt
     ddpm figures [--out images]
     ddpm exercises
+    ddpm nbgrader-course COURSE_DIR [--lessons 01,03]
 
 Every command takes `--device` (cpu, cuda, cuda:1, mps; default: the best available). Runs under
 `torchrun --nproc_per_node=K -m ddpm_utils train ...` for several GPUs (or CPU processes).
@@ -141,7 +142,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=int, default=50, help="DDIM steps for the sample grids (default 50)")
     f.add_argument("--gif-steps", type=int, default=50, help="ancestral steps (frames) of the denoising animation (default 50)")
 
-    command("exercises", _exercises, "write notebooks/exercises/ from the solution notebooks (run in a clone)")
+    command("exercises", _exercises, "write notebooks/exercises/ and the lessons' nbgrader metadata from the solution "
+            "markers (run in a clone)")
+    g = command("nbgrader-course", _nbgrader_course, "lay out an nbgrader course folder (source/ and nbgrader_config.py) "
+                "from the lessons with exercises")
+    g.add_argument("out", help="the course folder to write (nbgrader's course root)")
+    g.add_argument("--lessons", help="comma-separated lesson numbers, e.g. 01,03 (default: every lesson with exercises)")
     return parser
 
 
@@ -220,6 +226,15 @@ def _exercises(args) -> None:
 
     for path in generate():
         print(f"wrote {path}")
+
+
+def _nbgrader_course(args) -> None:
+    from .grading import make_course
+
+    out = make_course(args.out, args.lessons.split(",") if args.lessons else None)
+    for path in sorted((out / "source").glob("*/*.ipynb")):
+        print(f"wrote {path}")
+    print(f"wrote {out / 'nbgrader_config.py'}; next: cd {out} && nbgrader generate_assignment {path.parent.name}")
 
 
 def _model(checkpoint, device_name):

@@ -47,7 +47,7 @@ def _call(name: str, case: str, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:  # a stub: keep the error type, so "run all" stops at the first unwritten exercise
-        raise NotImplementedError(f"{name}: not written yet. Replace `raise NotImplementedError` with your code.") from None
+        raise NotImplementedError(f"{name}: not written yet. Replace `raise NotImplementedError()` with your code.") from None
     except Exception as e:  # the student's code crashed: say where, keep the original error attached
         raise CheckFailed(f"{name}, case {case}: your code raised {type(e).__name__}: {e}\n"
                           "hint: check the shapes; per-timestep values of shape (B,) must become (B, 1, 1, 1) "

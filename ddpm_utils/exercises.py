@@ -4,9 +4,10 @@ In a lesson notebook, the code a student should write sits between `### BEGIN SO
 `### END SOLUTION`. Each such block becomes, at the same indentation,
 
     # YOUR CODE HERE
-    raise NotImplementedError
+    raise NotImplementedError()
 
-in `notebooks/exercises/NN_*.ipynb`, with every output removed. The check cell that follows each
+in `notebooks/exercises/NN_*.ipynb`, with every output removed (the stub nbgrader's `ClearSolutions`
+writes, so `nbgrader generate_assignment` makes the same code cells; `grading.py`). The check cell that follows each
 exercise (a `ddpm_utils.checks` function) then tells the student whether their code is right.
 """
 
@@ -21,7 +22,7 @@ from .notebook import NOTEBOOKS, colab_url
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 EXERCISES = NOTEBOOKS / "exercises"
-NOTE = ("> **Exercise version.** Write the code where it says `# YOUR CODE HERE` (delete the `raise NotImplementedError`), "
+NOTE = ("> **Exercise version.** Write the code where it says `# YOUR CODE HERE` (delete the `raise NotImplementedError()`), "
         "then run the check cell below it: it tests your code on small cases and gives a hint when something is off. "
         "Stuck? The solution is the lesson notebook [`{name}`]({url}) (it opens in Colab; locally it is `notebooks/{name}`).")
 
@@ -35,7 +36,7 @@ def strip_solutions(source: str) -> str:
             if inside:
                 raise ValueError(f"line {number}: {BEGIN} inside another solution block")
             inside, indent = True, line[: len(line) - len(line.lstrip())]
-            out += [f"{indent}# YOUR CODE HERE", f"{indent}raise NotImplementedError"]
+            out += [f"{indent}# YOUR CODE HERE", f"{indent}raise NotImplementedError()"]
         elif stripped == END:
             if not inside:
                 raise ValueError(f"line {number}: {END} without {BEGIN}")
@@ -69,10 +70,14 @@ def _dumps(nb: dict) -> str:
 
 
 def generate(src: Path = NOTEBOOKS, out: Path = EXERCISES) -> list[Path]:
-    """Write the exercise version of every lesson notebook that has solution blocks; remove stale ones."""
+    """Write the exercise version of every lesson notebook that has solution blocks; remove stale ones.
+    First the lessons' nbgrader metadata is brought up to date (`grading.write_metadata`)."""
+    from .grading import write_metadata
+
     lessons = sorted(Path(src).glob("[0-9][0-9]_*.ipynb"))
     if not lessons:
         raise FileNotFoundError(f"no lesson notebooks (NN_*.ipynb) in {src}; run this from a clone of the course repository")
+    write_metadata(src)  # the lessons' nbgrader metadata, from the same markers
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in lessons:

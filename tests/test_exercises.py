@@ -19,7 +19,7 @@ REQUIRED = ["def log_normal", "def kl_gauss", "def q_sample", "def my_cosine_bet
 
 def test_strip_solutions_keeps_indentation_and_rejects_unbalanced_blocks():
     source = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    return x + y\n    ### END SOLUTION\n\n\nprint(f(1))"
-    assert strip_solutions(source) == "def f(x):\n    y = 1\n    # YOUR CODE HERE\n    raise NotImplementedError\n\n\nprint(f(1))"
+    assert strip_solutions(source) == "def f(x):\n    y = 1\n    # YOUR CODE HERE\n    raise NotImplementedError()\n\n\nprint(f(1))"
     assert strip_solutions("a = 1") == "a = 1"
     for bad in ("### BEGIN SOLUTION\nx", "x\n### END SOLUTION", "### BEGIN SOLUTION\n### BEGIN SOLUTION"):
         with pytest.raises(ValueError, match="SOLUTION"):

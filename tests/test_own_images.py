@@ -22,17 +22,17 @@ def tinted(tmp_path_factory):
     return write_tinted_digits(tmp_path_factory.mktemp("data") / "tinted", per_class=6, image_size=32)
 
 
-@pytest.mark.parametrize("size, val_every", [(32, 2), (64, 4)])
-def test_a_folder_trains_resumes_exactly_and_samples(tinted, tmp_path, size, val_every):
+@pytest.mark.parametrize("size", [32, 64])
+def test_a_folder_trains_resumes_exactly_and_samples(tinted, tmp_path, size):
     cfg = TrainConfig(preset="tiny", dataset="folder", data_dir=str(tinted), image_size=size, T=20, batch_size=4, max_steps=4,
-                      checkpoint_every=2, val_every=val_every, warmup_steps=1, sample_steps=1, unet={"dropout": 0.1})
-    straight = train(cfg, tmp_path / "a", progress=False)
+                      checkpoint_every=2, val_every=2, warmup_steps=1, sample_steps=1, unet={"dropout": 0.1})
     train(dataclasses.replace(cfg, max_steps=2), tmp_path / "b", progress=False)
     resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
-    assert weights_equal(straight["model"], resumed["model"]) and weights_equal(straight["ema"], resumed["ema"])
-    assert straight["history"] == resumed["history"]
-    assert straight["val_history"] == resumed["val_history"]
-    assert [s for s, *_ in resumed["val_history"]] == list(range(val_every, 5, val_every))
+    assert [s for s, *_ in resumed["val_history"]] == [2, 4] and len(resumed["history"]) == 4
+    if size == 32:  # exactness once (the 64x64 run takes the same code path at four times the cost)
+        straight = train(cfg, tmp_path / "a", progress=False)
+        assert weights_equal(straight["model"], resumed["model"]) and weights_equal(straight["ema"], resumed["ema"])
+        assert straight["history"] == resumed["history"] and straight["val_history"] == resumed["val_history"]
     ckpt = load_checkpoint(tmp_path / "b" / "last.pt", use_ema=True)
     assert ckpt.dataset == {"name": "folder", "class_names": [str(d) for d in range(10)], "channels": 3, "image_size": size}
     assert ckpt.model.config.in_channels == 3 and ckpt.model.config.image_size == size and ckpt.model.num_classes == 10

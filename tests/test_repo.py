@@ -27,6 +27,7 @@ def test_ci_runs_exactly_the_readme_test_command_then_the_pinned_versions():
     readme = ci.index(readme_commands()[1])  # verbatim, as a line of its own
     assert "rm -rf .venv" in ci[:readme] and any(line.startswith(".venv/bin/ruff check") for line in ci[:readme])
     assert "for pins in colab lower-bounds; do" in ci[readme + 1:]
+    assert ".venv/bin/python -m pytest -p no:cacheprovider -m instructor tests/test_grading.py" in ci  # nbgrader's workflow
     colab = (ROOT / ".ci" / "colab.txt").read_text()
     assert "torch==2.11.0" in colab and "ipywidgets==7.7.1" in colab  # Colab, late 2026
     floors = dict(re.findall(r"^([\w-]+)==([\d.]+)", (ROOT / ".ci" / "lower-bounds.txt").read_text(), flags=re.M))
