@@ -142,3 +142,14 @@ def test_generate_release_autograde_and_feedback_with_nbgrader(tmp_path):
     _nbgrader(course, "export")
     grades = (course / "grades.csv").read_text().splitlines()
     assert len(grades) == 1 + 2 * 3 and grades[0].startswith("assignment,")
+
+
+@pytest.mark.instructor
+@pytest.mark.parametrize("path", LESSONS, ids=[p.name for p in LESSONS])
+def test_nbgrader_accepts_every_lesson_as_a_source_notebook(path):
+    import nbformat
+    from nbgrader.nbgraderformat import MetadataValidator
+
+    nb = nbformat.read(path, as_version=4)
+    MetadataValidator().validate_nb(nb)  # raises ValidationError on bad or missing metadata
+    assert sum(bool(c.metadata.get("nbgrader", {}).get("points")) for c in nb.cells) == sum(BEGIN in c.source for c in nb.cells)
