@@ -81,6 +81,7 @@ def _done(name: str, n: int) -> None:
 
 def check_log_normal(log_normal) -> None:
     """`log_normal(x, mean, var)`: log N(x; mean, var), elementwise (var is a variance)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     x = torch.tensor([-1.0, 0.0, 0.5, 3.0], dtype=torch.float64)
     cases = [(0.0, 1.0), (2.0, 0.25), (-1.0, 4.0)]
     for mean, var in cases:
@@ -98,6 +99,7 @@ def check_log_normal(log_normal) -> None:
 
 def check_kl_gauss(kl_gauss) -> None:
     """`kl_gauss(mq, sq, mp, sp)`: KL( N(mq, sq^2) || N(mp, sp^2) ) for floats (sq, sp: standard deviations)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     cases = [(0.0, 1.0, 0.0, 1.0), (0.5, 0.8, -0.3, 1.3), (2.0, 0.3, 0.0, 1.0), (-1.0, 2.0, 1.0, 0.5)]
     for mq, sq, mp, sp in cases:
         expected = normal_kl(*(torch.tensor(v, dtype=torch.float64) for v in (mq, math.log(sq**2), mp, math.log(sp**2)))).item()
@@ -124,6 +126,7 @@ def _images(seed: int, b: int = 3):
 
 def check_q_sample(q_sample) -> None:
     """`q_sample(x0, t, noise, alphas_cumprod)`: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, t of shape (B,)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     diffusion = GaussianDiffusion(linear_betas(100))
     abar = diffusion.alphas_cumprod
     cases = [torch.tensor([0, 50, 99]), torch.tensor([10, 10, 10]), torch.tensor([99, 0, 1])]
@@ -145,6 +148,7 @@ def check_q_sample(q_sample) -> None:
 
 def check_cosine_betas(cosine_betas_fn) -> None:
     """`cosine_betas_fn(T, s=0.008, max_beta=0.999)`: the cosine schedule's betas (T,)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     cases = [(10, 0.008), (1000, 0.008), (50, 0.02)]
     for T, s in cases:
         got = _call("cosine_betas", f"T = {T}", cosine_betas_fn, T, s)
@@ -166,6 +170,7 @@ def check_cosine_betas(cosine_betas_fn) -> None:
 def check_posterior_coefficients(posterior_coefficients) -> None:
     """`posterior_coefficients(betas) -> (coef1, coef2, variance)`, each (T,): the posterior
     q(x_{t-1} | x_t, x_0) has mean coef1 * x_0 + coef2 * x_t and variance `variance`."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     cases = [linear_betas(10), cosine_betas(20), linear_betas(1000)]
     for betas in cases:
         T = len(betas)
@@ -197,6 +202,7 @@ def _prev(abar: torch.Tensor) -> torch.Tensor:
 
 def check_sinusoidal_embedding(embed) -> None:
     """`embed(t, dim, max_period=10000)`: (B, dim) = cat([sin(t w), cos(t w)]), w_i = max_period^(-i / half)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     cases = [(torch.tensor([0, 1, 10]), 8, 10000), (torch.tensor([999, 500]), 64, 10000), (torch.tensor([3, 7]), 16, 100)]
     for t, dim, max_period in cases:
         got = _call("embed", f"t = {t.tolist()}, dim = {dim}", embed, t, dim, max_period)
@@ -228,6 +234,7 @@ def _rotation(k, dim, max_period=10000):
 
 def check_rotation(rotation) -> None:
     """`rotation(k, dim, max_period=10000)`: the (dim, dim) matrix R_k with emb(t + k) = R_k emb(t) for every t."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     cases = [(1, 8, 10000), (25, 32, 10000), (7, 16, 100)]
     for k, dim, max_period in cases:
         got = _call("rotation", f"k = {k}, dim = {dim}", rotation, k, dim, max_period)
@@ -249,6 +256,7 @@ def check_rotation(rotation) -> None:
 def check_res_block(block_class) -> None:
     """`block_class(in_ch, out_ch, emb_dim, groups)` with the library ResBlock's parameter names;
     forward(x, emb) must equal ResBlock's (in eval mode) for the same weights."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     cases = [(8, 16, 32), (16, 16, 8)]
     for in_ch, out_ch, emb_dim in cases:
         case = f"in_ch={in_ch}, out_ch={out_ch}, emb_dim={emb_dim}"
@@ -281,6 +289,7 @@ def check_res_block(block_class) -> None:
 def check_group_norm(group_norm) -> None:
     """`group_norm(x, num_groups, eps=1e-5)`: normalise each sample's groups of channels to mean 0,
     variance 1 (no learnable scale or shift), as F.group_norm does."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     g = torch.Generator().manual_seed(5)
     cases = [(torch.randn(2, 8, 5, 5, generator=g) * 3 + 1, 4), (torch.randn(3, 6, 4, 4, generator=g), 2),
              (torch.randn(2, 4, 3, 3, generator=g) * 0.1, 4)]
@@ -308,6 +317,7 @@ def check_group_norm(group_norm) -> None:
 
 def check_ema_step(ema_step) -> None:
     """`ema_step(ema, weights, decay)`: the new EMA value decay * ema + (1 - decay) * weights."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     g = torch.Generator().manual_seed(6)
     cases = [0.9, 0.999, 0.0]
     for decay in cases:
@@ -329,6 +339,7 @@ class _Probe(torch.nn.Module):
 
 def check_training_loss(loss_fn) -> None:
     """`loss_fn(model, x0, y, t, noise, alphas_cumprod)`: mean of (noise - model(x_t, t, y))^2."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     diffusion = GaussianDiffusion(linear_betas(100))
     abar, model = diffusion.alphas_cumprod, _Probe()
     cases = [torch.tensor([0, 50, 99]), torch.tensor([20, 20, 70])]
@@ -354,6 +365,7 @@ def check_training_loss(loss_fn) -> None:
 def check_ancestral_step(step_fn) -> None:
     """`step_fn(diffusion, x_t, eps, t, z)` with int t: x_{t-1} = posterior mean at the clipped
     predicted x0, plus sqrt(beta_t) z (no noise at t = 0)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     diffusion = GaussianDiffusion(cosine_betas(100))
     cases = [99, 50, 1, 0]
     for i, t in enumerate(cases):
@@ -378,6 +390,7 @@ def check_ancestral_step(step_fn) -> None:
 
 def check_ddim_step(step_fn) -> None:
     """`step_fn(diffusion, x_t, eps, t, t_prev, eta, z)` with ints 0 <= t_prev < t: Eq. 12 of DDIM."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     diffusion = GaussianDiffusion(cosine_betas(100))
     cases = [(99, 79, 0.0), (60, 40, 0.5), (30, 0, 1.0)]
     for i, (t, s, eta) in enumerate(cases):
@@ -404,6 +417,7 @@ def check_ddim_step(step_fn) -> None:
 
 def check_drop_labels(drop_labels) -> None:
     """`drop_labels(y, p_uncond, null_label)`: each label replaced by `null_label` with probability p_uncond."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     n = 20_000
     y = torch.arange(n) % 10
     for p in (0.0, 0.1, 0.5, 1.0):
@@ -425,6 +439,7 @@ def check_drop_labels(drop_labels) -> None:
 
 def check_guided_eps(guided_fn) -> None:
     """`guided_fn(model, x, t, y, s, null_label)`: eps_uncond + s * (eps_cond - eps_uncond)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     model = _Probe()
     cases = [0.0, 1.0, 3.0, 7.5]
     x, _ = _images(40)
@@ -447,6 +462,7 @@ def check_guided_eps(guided_fn) -> None:
 def check_folder_transform(to_model_input) -> None:
     """`to_model_input(image, size)`: a PIL image (already "L" or "RGB") -> float (C, size, size) in [-1, 1]:
     the shorter side resized to `size` (aspect ratio kept), the centre square cropped, 0..255 mapped to -1..1."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     from PIL import Image
     from torchvision.transforms import functional as TF
 
@@ -483,6 +499,7 @@ def check_folder_transform(to_model_input) -> None:
 
 def check_v_target(v_fn) -> None:
     """`v_fn(diffusion, x0, t, noise)`: v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0 (Salimans & Ho 2022)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     diffusion = GaussianDiffusion(cosine_betas(100))
     cases = [torch.tensor([0, 50, 99]), torch.tensor([10, 10, 80])]
     for i, t in enumerate(cases):
@@ -502,6 +519,7 @@ def check_v_target(v_fn) -> None:
 
 def check_learned_log_variance(fn) -> None:
     """`fn(diffusion, v, t)`: frac log beta_t + (1 - frac) log beta-tilde_t (clipped), frac = (v + 1) / 2."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     diffusion = GaussianDiffusion(cosine_betas(100))
     cases = [torch.tensor([0, 1, 50, 99]), torch.tensor([30, 30, 60, 90])]
     for i, t in enumerate(cases):
@@ -527,6 +545,7 @@ def _points(seed: int, n: int = 5) -> torch.Tensor:
 
 def check_score_from_eps(fn) -> None:
     """`fn(eps, abar)` with eps (B, D) and abar (B, 1): the score -eps / sqrt(1 - abar) (Tweedie / denoising score matching)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     cases = [torch.tensor([[0.5], [0.9], [0.01], [0.3], [0.99]], dtype=torch.float64),
              torch.full((5, 1), 0.2, dtype=torch.float64)]
     for i, abar in enumerate(cases):
@@ -545,6 +564,7 @@ def check_score_from_eps(fn) -> None:
 
 def check_dpm_solver_update(fn) -> None:
     """`fn(x_t, D, abar, abar_prev)`: x_prev = (sigma_prev / sigma) x_t - alpha_prev (exp(-h) - 1) D (DPM-Solver++)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
     diffusion = GaussianDiffusion(cosine_betas(1000))
     cases = [(torch.full((5,), 900), torch.full((5,), 700)), (torch.tensor([999, 500, 300, 100, 20]), torch.tensor([950, 400, 150, 50, 0]))]
     for i, (t, t_prev) in enumerate(cases):

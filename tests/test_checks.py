@@ -230,3 +230,12 @@ def test_res_block_with_other_parameter_names_is_explained():
 
     with pytest.raises(CheckFailed, match="parameters differ"):
         checks.check_res_block(Renamed)
+
+
+def test_a_failed_check_hides_its_own_frame_from_the_traceback():
+    """IPython (and so nbgrader's feedback) skips frames with `__tracebackhide__`: the student sees their cell and the message."""
+    import inspect
+
+    names = [n for n in dir(checks) if n.startswith("check_")]
+    assert len(names) >= 20
+    assert all("__tracebackhide__ = True" in inspect.getsource(getattr(checks, n)) for n in names)
