@@ -91,7 +91,7 @@ os.environ.setdefault("DDPM_FAST", "1")  # the autograder's kernels inherit it: 
 c = get_config()  # noqa: F821 (nbgrader provides it)
 c.CourseDirectory.course_id = "ddpm-course"
 c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
-c.Execute.timeout = 300  # seconds per cell (nbgrader's default, 30, is too short for the training cells)
+c.Execute.timeout = 120  # seconds per cell: nbgrader's 30 is too short for the training cells; the slowest takes about 20
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}  # as `ddpm exercises` writes
 '''
 

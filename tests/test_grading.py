@@ -70,7 +70,7 @@ def test_the_course_folder_for_nbgrader(tmp_path, capsys):
     assert sources == ["source/01_gaussians_and_elbo/01_gaussians_and_elbo.ipynb",
                        "source/03_sinusoidal_embeddings/03_sinusoidal_embeddings.ipynb"]
     config = (tmp_path / "course" / "nbgrader_config.py").read_text()
-    assert 'os.environ.setdefault("DDPM_FAST", "1")' in config and "c.Execute.timeout = 300" in config
+    assert 'os.environ.setdefault("DDPM_FAST", "1")' in config and "c.Execute.timeout = 120" in config
     compile(config, "nbgrader_config.py", "exec")
     with pytest.raises(ValueError, match="no lesson with exercises matches"):
         make_course(tmp_path / "x", ["99"])
