@@ -478,12 +478,13 @@ def check_folder_transform(to_model_input) -> None:
         expected = folder_transform(size, 3 if mode == "RGB" else 1)(image).float() / 127.5 - 1
         as_tensor = lambda im: TF.pil_to_tensor(im).float() / 127.5 - 1  # noqa: E731
         resized = TF.resize(image, size)
+        cropped = TF.pil_to_tensor(TF.center_crop(resized, size)).float()  # 0..255
         mistakes = {
             "keep the aspect ratio: resize the shorter side to `size` (TF.resize(image, size) with one number), then crop; "
             "resizing to (size, size) squashes the picture.": as_tensor(TF.resize(image, [size, size])),
             "crop the centre (TF.center_crop), not the top-left corner.": as_tensor(TF.crop(resized, 0, 0, size, size)),
-            "map 0..255 to -1..1: x / 127.5 - 1 (x / 255 gives 0..1).": TF.pil_to_tensor(TF.center_crop(resized, size)).float() / 255,
-            "scale the pixel values: x / 127.5 - 1, not the raw 0..255.": TF.pil_to_tensor(TF.center_crop(resized, size)).float(),
+            "map 0..255 to -1..1: x / 127.5 - 1 (x / 255 gives 0..1).": cropped / 255,
+            "scale the pixel values: x / 127.5 - 1, not the raw 0..255.": cropped,
         }
         if isinstance(got, torch.Tensor) and got.shape != expected.shape:
             raise CheckFailed(f"to_model_input, case {case}: the shape is {tuple(got.shape)}, expected {tuple(expected.shape)} "

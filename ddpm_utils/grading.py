@@ -20,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from .exercises import BEGIN, _dumps
+from .exercises import BEGIN, _dumps, lessons
 from .notebook import NOTEBOOKS
 
 POINTS = 1  # points of each exercise's check cell
@@ -63,11 +63,6 @@ def with_metadata(nb: dict) -> dict:
         elif (cell["cell_type"] == "markdown" or i == 1) and "nbgrader" not in cell["metadata"]:
             cell["metadata"]["nbgrader"] = _meta(f"readonly_{cell.get('id', i)}", locked=True)  # explanation, setup
     return nb
-
-
-def lessons(src: Path = NOTEBOOKS) -> list[Path]:
-    """The lesson notebooks that have exercises."""
-    return [p for p in sorted(Path(src).glob("[0-9][0-9]_*.ipynb")) if BEGIN in p.read_text(encoding="utf-8")]
 
 
 def write_metadata(src: Path = NOTEBOOKS) -> list[Path]:

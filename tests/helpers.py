@@ -1,4 +1,4 @@
-"""A stand-in model shared by the tests."""
+"""A stand-in model and a comparison shared by the tests."""
 
 import torch
 from torch import nn
@@ -26,3 +26,8 @@ def predicting(prediction, eps_model, diffusion):
         return {"eps": eps, "x0": x0, "v": diffusion.v_target(x0, t, eps)}[prediction]
 
     return model
+
+
+def weights_equal(a, b):
+    """Do two models hold exactly the same weights and buffers?"""
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

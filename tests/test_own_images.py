@@ -5,16 +5,13 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import weights_equal
 
 from ddpm_utils.__main__ import main
 from ddpm_utils.checkpoints import load_checkpoint
 from ddpm_utils.folders import write_tinted_digits
 from ddpm_utils.samplers import sample
 from ddpm_utils.training import TrainConfig, fixed_grid_loss, train
-
-
-def weights_equal(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 @pytest.fixture(scope="module")

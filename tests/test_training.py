@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from helpers import weights_equal
 
 from ddpm_utils import training
 from ddpm_utils.__main__ import main
@@ -14,10 +15,6 @@ from ddpm_utils.training import StepBatchSampler, TrainConfig, amp_dtype, train
 # tiny and quick, but with dropout on so the saved RNG states matter
 CFG = TrainConfig(preset="tiny", unet={"dropout": 0.1}, T=50, batch_size=8, max_steps=6, checkpoint_every=3,
                   warmup_steps=2, sample_steps=2, data_source="bundled")
-
-
-def weights_equal(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_resume_is_exact(tmp_path):
