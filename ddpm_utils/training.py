@@ -1,6 +1,6 @@
 """The training loop (Ho et al. 2020, Algorithm 1), readable in one sitting.
 
-AdamW with linear warm-up, gradient clipping, an EMA of the weights, mixed precision where it
+AdamW with linear warm-up and an optional cosine decay, gradient clipping, an EMA of the weights, mixed precision where it
 helps, classifier-free-guidance label dropout, a progress bar with loss and images/s, periodic
 sample grids, and checkpoints written atomically every `checkpoint_every` steps.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -43,9 +44,11 @@ class TrainConfig:
     lr: float = 2e-4  # peak AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_steps: int = 200  # steps of linear learning-rate warm-up from 0
+    lr_decay_steps: int = 0  # cosine decay of the learning rate to lr / 10 at this step, constant after it (0 = no decay)
     max_steps: int = 10_000  # total optimizer steps
     grad_clip: float = 1.0  # clip the gradient norm to this (0 = off)
     ema_decay: float = 0.999  # EMA: ema = decay * ema + (1 - decay) * weights, every step
+    ema_warmup: bool = False  # use decay min(ema_decay, (1 + step) / (10 + step)): the average soon forgets the initial weights
     p_uncond: float = 0.1  # probability of replacing a label by the null label (classifier-free guidance)
     amp: str = "auto"  # "auto" (bf16 if supported, else fp16 on CUDA, off on CPU), "bf16", "fp16" or "off"
     checkpoint_every: int = 500  # write out_dir/last.pt every this many steps (and at the end)
@@ -76,6 +79,8 @@ class TrainConfig:
         if self.prediction not in PREDICTIONS or self.loss_weighting not in WEIGHTINGS:
             raise ValueError(f"prediction must be one of {PREDICTIONS} and loss_weighting one of {WEIGHTINGS}, "
                              f"got {self.prediction!r} and {self.loss_weighting!r}")
+        if self.lr_decay_steps < 0:
+            raise ValueError(f"lr_decay_steps must be >= 0, got {self.lr_decay_steps}")
         if not self.hybrid_lambda >= 0:
             raise ValueError(f"hybrid_lambda must be >= 0, got {self.hybrid_lambda}")
         if "learned_variance" in self.unet:
@@ -146,6 +151,27 @@ def optimizer_step(loss, model, optimizer, scheduler, scaler, grad_clip: float) 
     if stepped:
         scheduler.step()
     return stepped
+
+
+LR_FLOOR = 0.1  # lr_decay_steps: the cosine decay ends at this fraction of the peak learning rate
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """The learning rate at `step` as a fraction of `config.lr`: linear warm-up from 0 over `warmup_steps`, then
+    (with `lr_decay_steps`) half a cosine down to LR_FLOOR at `lr_decay_steps`, constant after it. A function of
+    the step alone, so a run extended by `--resume --max-steps` keeps the schedule it started with."""
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if not config.lr_decay_steps:
+        return warm
+    done = min(1.0, step / config.lr_decay_steps)
+    return warm * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * done)))
+
+
+def ema_decay_at(config: TrainConfig, step: int) -> float:
+    """The EMA decay used after `step` updates. With `ema_warmup`, min(decay, (1 + step) / (10 + step)), as in
+    TensorFlow's ExponentialMovingAverage(num_updates=step): the first averages follow the weights closely, so
+    a high decay does not leave the random initial weights in the average of a short run."""
+    return min(config.ema_decay, (1 + step) / (10 + step)) if config.ema_warmup else config.ema_decay
 
 
 @torch.no_grad()
@@ -245,8 +271,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
     diffusion = GaussianDiffusion.from_schedule(config.schedule, config.T, prediction=config.prediction).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
     noise_gen = torch.Generator(device).manual_seed(config.seed * 1_000 + rank)  # t, eps and label dropout
     step, history, val_history, path, scaler_state = 0, [], [], out_dir / "last.pt", None
 
@@ -331,7 +356,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
                 )
             updating = True
             optimizer_step(loss, model, optimizer, scheduler, scaler, config.grad_clip)
-            update_ema(ema, model, config.ema_decay)
+            update_ema(ema, model, ema_decay_at(config, step))
             step += 1
             history.append((step, loss.item()))
             updating = False

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -187,7 +188,7 @@ def test_a_run_from_before_the_objective_options_resumes(tmp_path):
     """Checkpoints written before `prediction`, `learned_variance`, ... existed hold no such fields."""
     train(dataclasses.replace(CFG, max_steps=2), tmp_path, progress=False)
     data = torch.load(tmp_path / "last.pt", weights_only=True)
-    for key in ("prediction", "learned_variance", "loss_weighting", "hybrid_lambda"):
+    for key in ("prediction", "learned_variance", "loss_weighting", "hybrid_lambda", "lr_decay_steps", "ema_warmup"):
         del data["extra"]["train_config"][key]
     torch.save(data, tmp_path / "last.pt")
     assert train(dataclasses.replace(CFG, max_steps=3), tmp_path, resume=True, progress=False)["history"][-1][0] == 3
@@ -199,6 +200,38 @@ def test_objective_config_validation():
                       ({"unet": {"learned_variance": True}}, "set TrainConfig.learned_variance")]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**kw)
+
+
+def test_learning_rate_warms_up_then_decays_by_half_a_cosine_to_a_tenth():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, lr_decay_steps=110)
+    factors = [training.lr_factor(cfg, step) for step in range(200)]
+    assert factors[0] == pytest.approx(0.1)  # linear warm-up: 1/10 of the peak at step 0
+    assert factors[9] == pytest.approx(0.5 * (1.1 + 0.9 * math.cos(math.pi * 9 / 110)))  # warm-up done, decay begun
+    assert factors[55] == pytest.approx(0.55)  # half way: the mean of 1 and 0.1
+    assert factors[110:] == [pytest.approx(0.1)] * 90  # the floor, kept after lr_decay_steps
+    assert all(a >= b for a, b in zip(factors[9:-1], factors[10:], strict=True))  # never rises after the warm-up
+    assert [training.lr_factor(TrainConfig(warmup_steps=4), s) for s in (0, 3, 1000)] == [0.25, 1.0, 1.0]  # no decay: as before
+    with pytest.raises(ValueError, match="lr_decay_steps must be >= 0"):
+        TrainConfig(lr_decay_steps=-1)
+
+
+def test_ema_warmup_starts_close_to_the_weights_and_reaches_the_decay():
+    cfg = TrainConfig(ema_decay=0.999, ema_warmup=True)
+    assert training.ema_decay_at(cfg, 0) == pytest.approx(0.1) and training.ema_decay_at(cfg, 90) == pytest.approx(0.91)
+    assert training.ema_decay_at(cfg, 8990) == pytest.approx(0.999) and training.ema_decay_at(cfg, 10**6) == 0.999
+    assert training.ema_decay_at(dataclasses.replace(cfg, ema_warmup=False), 0) == 0.999
+
+
+def test_a_run_with_lr_decay_and_ema_warmup_resumes_exactly(tmp_path):
+    cfg = dataclasses.replace(CFG, lr_decay_steps=5, ema_warmup=True, ema_decay=0.99)
+    straight = train(cfg, tmp_path / "a", progress=False)
+    train(dataclasses.replace(cfg, max_steps=3), tmp_path / "b", progress=False)
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    assert weights_equal(straight["model"], resumed["model"]) and weights_equal(straight["ema"], resumed["ema"])
+    # the warmed-up EMA after 6 steps is a short average of the last weights, far closer to them than the plain one
+    plain = train(dataclasses.replace(cfg, ema_warmup=False), tmp_path / "c", progress=False)
+    distance = lambda run: sum((e - p).pow(2).sum() for e, p in zip(run["ema"].parameters(), run["model"].parameters(), strict=True))  # noqa: E731
+    assert weights_equal(plain["model"], straight["model"]) and distance(straight) < 0.2 * distance(plain)
 
 
 def test_optimizer_step_skips_an_overflow_without_advancing_the_schedule():
