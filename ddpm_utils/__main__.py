@@ -9,6 +9,7 @@
     ddpm train-classifier --out ddpm_utils/assets/mnist_classifier.pt [--dataset cifar10 --data-dir DIR]
     ddpm train-noisy-classifier --out ddpm_utils/assets/mnist_noisy_classifier.pt
     ddpm figures [--out images]
+    ddpm learning-curve RUN [--num 200] [--guidance-scale 0,1] [--out curve.png]   (snapshots of train --keep-every N)
     ddpm exercises
     ddpm nbgrader-course COURSE_DIR [--lessons 01,03]
 
@@ -83,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
             t.add_argument(option, type=kind, default=default, choices=CHOICES.get(f.name), help=helptext)
         elif f.type in ("bool", "bool | None"):
             t.add_argument(option, action=argparse.BooleanOptionalAction, default=default, help=helptext)
+
+    lc = command("learning-curve", _learning_curve, "score the snapshots a run kept (RUN/step_*.pt, from train --keep-every) "
+                 "and plot FD, KID and accuracy against the training step")
+    lc.add_argument("run", help="run folder of `train --keep-every N`")
+    lc.add_argument("--num", type=int, default=200, help="samples per snapshot and guidance scale (default 200)")
+    lc.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    lc.add_argument("--guidance-scale", default="0,1", help="comma-separated guidance scales, 0 = unconditional (default 0,1)")
+    lc.add_argument("--seed", type=int, default=0, help="seed of the starting noise, the same for every snapshot (default 0)")
+    lc.add_argument("--out", help="PNG file for the figure (default RUN/learning_curve.png)")
 
     s = command("sample", _sample, "draw a grid of samples to a PNG file (the bundled model unless --checkpoint)")
     s.add_argument("--out", required=True, help="PNG file to write")
@@ -219,6 +229,21 @@ def _figures(args) -> None:
 
     for path in make_figures(args.out, args.steps, args.gif_steps, _device(args.device)):
         print(f"wrote {path}")
+
+
+def _learning_curve(args) -> None:
+    from .evaluation import format_table
+    from .figures import learning_curve, learning_curve_figure
+
+    if args.num < 2 or args.steps < 1:
+        raise ValueError(f"--num must be >= 2 and --steps >= 1, got {args.num} and {args.steps}")
+    rows, real = learning_curve(args.run, args.num, args.steps, _numbers(args.guidance_scale, float, "--guidance-scale"),
+                                args.seed, _device(args.device))
+    named = [{**r, "setting": f"step {r['step']}, " + (f"s={r['scale']:g}" if r["scale"] else "uncond.")} for r in rows]
+    print(format_table([{"setting": "real training digits", **real}] + named))
+    out = args.out or os.path.join(args.run, "learning_curve.png")
+    learning_curve_figure(rows, real).savefig(out, dpi=120, bbox_inches="tight")
+    print(f"wrote {out}")
 
 
 def _exercises(args) -> None:

@@ -4,11 +4,16 @@
 - `forward.png`: one digit noised by the linear and the cosine schedule at the same t;
 - `samples.png`: 100 samples, row k asks for digit k (guidance scale 3, 50 DDIM steps);
 - `guidance.png`: one row per digit, one column per guidance scale (0, 1, 2, 3, 5, 7), same noise per row;
+- `unconditional.png`: 100 unconditional samples (the null label, no guidance, 50 DDIM steps);
 - `denoising.gif`: x_t and the predicted x0 while ten digits are sampled (ancestral, respaced to 50 steps).
+
+`learning_curve` scores the snapshots a training run kept (`train --keep-every`) and `learning_curve_figure`
+draws FD, KID and accuracy against the training step (`python -m ddpm_utils learning-curve RUN`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import viz
-from .checkpoints import load_pretrained
+from .checkpoints import load_checkpoint, load_pretrained
 from .data import load_mnist
 from .diffusion import GaussianDiffusion
 from .samplers import sample
@@ -95,7 +100,63 @@ def make_figures(out="images", steps: int = 50, gif_steps: int = 50, device="cpu
     fig = guidance_figure(guidance_grid(model, diffusion, steps))
     fig.axes[0].set_title("Classifier-free guidance: one digit per row, one scale per column")
     save(fig, "guidance.png")
+    images = sample(model, diffusion, (100, 1, 28, 28), num_steps=steps, generator=torch.Generator().manual_seed(0), progress=False)
+    save(viz.show_images(images, nrow=10, title=f"Unconditional samples of the bundled model ({steps} DDIM steps)"), "unconditional.png")
     _, trajectory = sample(model, diffusion, (10, 1, 28, 28), sampler="ddpm", num_steps=gif_steps, y=torch.arange(10),
                            guidance_scale=3.0, return_trajectory=True, generator=torch.Generator().manual_seed(0), progress=False)
     paths.append(viz.save_gif(trajectory, out / "denoising.gif", nrow=10, scale=2))
     return paths
+
+
+def learning_curve(run_dir, num: int = 200, steps: int = 50, scales=(0.0, 1.0), seed: int = 0, device="cpu",
+                   progress: bool = True) -> tuple[list[dict], dict]:
+    """Score every snapshot a run kept (`run_dir/step_*.pt`, written by `train --keep-every`) the same way: `num`
+    samples per guidance scale (0 = unconditional), `steps` DDIM steps, the same noise for every snapshot.
+
+    Returns (rows, real): one row per (snapshot, scale) with "step" and "scale" added to `Evaluator.score`'s
+    numbers, and the real-digit row at the same n. Rows are kept in `run_dir/learning_curve.json`, so a rerun
+    after more training scores only the new snapshots (or settings)."""
+    from .evaluation import Evaluator, generate
+
+    run_dir = Path(run_dir)
+    snapshots = sorted(run_dir.glob("step_*.pt"))
+    if not snapshots:
+        raise FileNotFoundError(f"no snapshots (step_*.pt) in {run_dir}: train with --keep-every N to keep them")
+    cache_file = run_dir / "learning_curve.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    evaluator = Evaluator(device)
+    rows = []
+    for path in tqdm(snapshots, desc="snapshots", disable=not progress):
+        ckpt = None
+        for scale in scales:
+            key = f"{path.name} n={num} steps={steps} s={scale:g} seed={seed}"
+            if key not in cache:
+                ckpt = ckpt or load_checkpoint(path, use_ema=True, map_location=device)
+                images, labels, seconds = generate(ckpt.model.eval(), ckpt.diffusion, num, steps=steps, guidance_scale=float(scale),
+                                                   conditional=scale != 0, seed=seed)
+                cache[key] = {"step": ckpt.step, "scale": scale, "seconds": seconds, **evaluator.score(images, labels)}
+                cache_file.write_text(json.dumps(cache, indent=1))
+            rows.append(cache[key])
+    return rows, evaluator.score_real(num, seed)
+
+
+def learning_curve_figure(rows: list[dict], real: dict):
+    """FD, KID and accuracy of `learning_curve`'s rows against the training step, one line per guidance scale,
+    with real digits at the same n as a dashed line (the best a model can reach at this n)."""
+    fig = viz.new_figure(figsize=(12, 3.4))
+    axes = fig.subplots(1, 3)
+    for scale in sorted({r["scale"] for r in rows}):
+        mine = sorted((r for r in rows if r["scale"] == scale), key=lambda r: r["step"])
+        label = "unconditional (s = 0)" if scale == 0 else f"s = {scale:g}"
+        x = [r["step"] for r in mine]
+        axes[0].plot(x, [r["fd"] for r in mine], "o-", label=label)
+        axes[1].plot(x, [r["kid"] for r in mine], "o-", label=label)
+        if scale != 0:  # unconditional samples ask for no digit
+            axes[2].plot(x, [100 * r["accuracy"] for r in mine], "o-", label=label, color=axes[0].lines[-1].get_color())
+    for ax, value, name in ((axes[0], real["fd"], "FD"), (axes[1], real["kid"], "KID"), (axes[2], 100 * real["accuracy"], "accuracy (%)")):
+        ax.axhline(value, color="gray", ls="--", label=f"real digits (n = {real['n']})")
+        ax.set(xlabel="training step", ylabel=name, title=f"{name} against training step")
+        ax.legend(fontsize=8)
+    axes[0].set_yscale("log")
+    fig.tight_layout()
+    return fig

@@ -52,6 +52,7 @@ class TrainConfig:
     p_uncond: float = 0.1  # probability of replacing a label by the null label (classifier-free guidance)
     amp: str = "auto"  # "auto" (bf16 if supported, else fp16 on CUDA, off on CPU), "bf16", "fp16" or "off"
     checkpoint_every: int = 500  # write out_dir/last.pt every this many steps (and at the end)
+    keep_every: int = 0  # also keep the EMA weights every this many steps as out_dir/step_NNNNNN.pt, for a learning curve (0 = off)
     sample_every: int = 0  # write a sample grid every this many steps (0 = only at the end)
     sample_steps: int = 50  # DDIM steps for the sample grids
     num_workers: int = 0  # DataLoader worker processes
@@ -91,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset == "folder" and not self.data_dir:
             raise ValueError("dataset 'folder' needs data_dir: a folder of images (class sub-folders = labels) or a .zip of one")
+        if self.keep_every < 0:
+            raise ValueError(f"keep_every must be >= 0, got {self.keep_every}")
         if self.val_every < 0 or self.image_size < 0 or self.channels not in (0, 1, 3):
             raise ValueError(f"val_every and image_size must be >= 0 and channels 0, 1 or 3, got {self.val_every}, "
                              f"{self.image_size}, {self.channels}")
@@ -280,7 +283,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
         saved = ckpt.data["extra"]
         then = {**dataclasses.asdict(TrainConfig()), **saved["train_config"]}  # fields added since: their defaults
         changed = {k: (v, then[k]) for k, v in dataclasses.asdict(config).items()
-                   if k not in ("max_steps", "val_every") and then[k] != v}  # these two leave the weights alone
+                   if k not in ("max_steps", "val_every", "keep_every") and then[k] != v}  # these leave the weights alone
         if changed:
             raise ValueError(f"{path} was trained with a different TrainConfig (now vs then): {changed}. To train with "
                              f"the new settings, start afresh in another run folder (or delete {path}); to continue, use the old ones")
@@ -369,6 +372,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
                             refresh=False)  # tqdm redraws at its own pace; forcing it floods Colab's output channel
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 checkpoint(rng_states())
+            if main and config.keep_every and step % config.keep_every == 0:  # EMA weights only (as model and as EMA)
+                save_checkpoint(out_dir / f"step_{step:06d}.pt", ema, diffusion, step=step, ema=ema, dataset=dataset.info())
             if main and config.sample_every and step % config.sample_every == 0:
                 write_figures(f"samples_{step:06d}.png")
             if main and callback is not None:
