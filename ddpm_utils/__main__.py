@@ -9,6 +9,7 @@
     ddpm train-classifier --out ddpm_utils/assets/mnist_classifier.pt [--dataset cifar10 --data-dir DIR]
     ddpm train-noisy-classifier --out ddpm_utils/assets/mnist_noisy_classifier.pt
     ddpm figures [--out images]
+    ddpm export --checkpoint runs/mnist/last.pt --out ddpm_mnist.pt   (EMA weights only, the bundled format)
     ddpm learning-curve RUN [--num 200] [--guidance-scale 0,1] [--out curve.png]   (snapshots of train --keep-every N)
     ddpm exercises
     ddpm nbgrader-course COURSE_DIR [--lessons 01,03]
@@ -93,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     lc.add_argument("--guidance-scale", default="0,1", help="comma-separated guidance scales, 0 = unconditional (default 0,1)")
     lc.add_argument("--seed", type=int, default=0, help="seed of the starting noise, the same for every snapshot (default 0)")
     lc.add_argument("--out", help="PNG file for the figure (default RUN/learning_curve.png)")
+
+    x = command("export", _export, "write a run's EMA weights as a small file in the bundled format (no optimizer state) "
+                "and print its SHA-256 (to replace ddpm_utils/assets/ddpm_mnist.pt: also put the digest into checkpoints.PRETRAINED)")
+    x.add_argument("--checkpoint", required=True, help="checkpoint from `train` (OUT/last.pt)")
+    x.add_argument("--out", required=True, help="file to write")
 
     s = command("sample", _sample, "draw a grid of samples to a PNG file (the bundled model unless --checkpoint)")
     s.add_argument("--out", required=True, help="PNG file to write")
@@ -229,6 +235,13 @@ def _figures(args) -> None:
 
     for path in make_figures(args.out, args.steps, args.gif_steps, _device(args.device)):
         print(f"wrote {path}")
+
+
+def _export(args) -> None:
+    from .checkpoints import export_weights, sha256
+
+    path = export_weights(args.checkpoint, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, SHA-256 {sha256(path)})")
 
 
 def _learning_curve(args) -> None:

@@ -143,6 +143,14 @@ def load_checkpoint(path, *, model: UNet | None = None, diffusion: GaussianDiffu
     return Checkpoint(model.to(map_location), diffusion.to(map_location), data["step"], data)
 
 
+def export_weights(checkpoint, out) -> Path:
+    """A training checkpoint's EMA weights as a small file in the bundled format: the EMA weights as "model", no
+    optimizer or RNG states, with the step, the data set and the train config (`ddpm export`)."""
+    ckpt = load_checkpoint(checkpoint, use_ema=True)
+    extra = {"train_config": ckpt.data["extra"].get("train_config", {})}
+    return save_checkpoint(out, ckpt.model, ckpt.diffusion, step=ckpt.step, extra=extra, dataset=ckpt.dataset)
+
+
 def sha256(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -10,7 +10,7 @@ from helpers import weights_equal
 
 from ddpm_utils import training
 from ddpm_utils.__main__ import main
-from ddpm_utils.checkpoints import load_checkpoint
+from ddpm_utils.checkpoints import load_checkpoint, sha256
 from ddpm_utils.training import StepBatchSampler, TrainConfig, amp_dtype, train
 
 # tiny and quick, but with dropout on so the saved RNG states matter
@@ -136,6 +136,14 @@ def test_cli_train_then_sample(tmp_path, capsys):
     assert "no checkpoint file" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path), "--batch-size", "abc"]) == 2
     assert "invalid int value: 'abc'" in capsys.readouterr().err
+
+    # export: the EMA weights in the bundled format, smaller, loading as the model's own weights
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "w.pt")]) == 0
+    assert "SHA-256 " + sha256(tmp_path / "w.pt") in capsys.readouterr().out
+    run, exported = load_checkpoint(tmp_path / "run" / "last.pt", use_ema=True), load_checkpoint(tmp_path / "w.pt")
+    assert weights_equal(run.model, exported.model) and exported.step == 2 and exported.data["optimizer"] is None
+    assert exported.data["extra"]["train_config"]["max_steps"] == 2 and exported.dataset == run.dataset
+    assert (tmp_path / "w.pt").stat().st_size < 0.6 * (tmp_path / "run" / "last.pt").stat().st_size
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path):
