@@ -112,6 +112,6 @@ def test_the_objective_is_recorded_and_old_checkpoints_load_as_eps(tmp_path):
     assert ck.diffusion.prediction == "eps" and not ck.model.config.learned_variance
 
 
-def test_the_bundled_model_predicts_eps_with_fixed_variances():
+def test_the_bundled_model_predicts_v_with_fixed_variances():
     model, diffusion = load_pretrained("mnist")
-    assert diffusion.prediction == "eps" and model.config.learned_variance is False
+    assert diffusion.prediction == "v" and model.config.learned_variance is False  # the pilots' choice (README)
