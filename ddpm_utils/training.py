@@ -73,6 +73,9 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "T", "checkpoint_every", "sample_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr_decay_steps", "keep_every"):  # 0 = off
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.p_uncond <= 1.0:
@@ -80,8 +83,6 @@ class TrainConfig:
         if self.prediction not in PREDICTIONS or self.loss_weighting not in WEIGHTINGS:
             raise ValueError(f"prediction must be one of {PREDICTIONS} and loss_weighting one of {WEIGHTINGS}, "
                              f"got {self.prediction!r} and {self.loss_weighting!r}")
-        if self.lr_decay_steps < 0:
-            raise ValueError(f"lr_decay_steps must be >= 0, got {self.lr_decay_steps}")
         if not self.hybrid_lambda >= 0:
             raise ValueError(f"hybrid_lambda must be >= 0, got {self.hybrid_lambda}")
         if "learned_variance" in self.unet:
@@ -92,8 +93,6 @@ class TrainConfig:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset == "folder" and not self.data_dir:
             raise ValueError("dataset 'folder' needs data_dir: a folder of images (class sub-folders = labels) or a .zip of one")
-        if self.keep_every < 0:
-            raise ValueError(f"keep_every must be >= 0, got {self.keep_every}")
         if self.val_every < 0 or self.image_size < 0 or self.channels not in (0, 1, 3):
             raise ValueError(f"val_every and image_size must be >= 0 and channels 0, 1 or 3, got {self.val_every}, "
                              f"{self.image_size}, {self.channels}")
