@@ -1,7 +1,9 @@
 """ddpm_utils: the small, tested library behind the DDPM course notebooks.
 
-One module per concept: schedules, diffusion (forward process, posterior, losses, bound),
-samplers (DDPM, DDIM), guidance (classifier-free), embeddings, unet, data, checkpoints, config.
+One module per concept: schedules, diffusion (forward process, posterior, what the network predicts,
+losses, bound), samplers (DDPM, DDIM, DPM-Solver++, Euler, Heun, ancestral Euler: small functions over one
+denoiser), guidance (classifier-free and classifier), embeddings, unet, data, checkpoints, config.
+How to add a data set, an objective or a sampler: CONTRIBUTING.md.
 """
 
 __version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)

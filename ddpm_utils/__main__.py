@@ -36,7 +36,7 @@ from . import __version__
 from .checkpoints import dataset_info, load_checkpoint, load_pretrained
 from .data import DATASETS, SOURCES
 from .diffusion import PREDICTIONS, WEIGHTINGS
-from .samplers import SAMPLERS, sample
+from .samplers import DEFAULT_SPACING, SAMPLERS, SPACINGS, sample
 from .schedules import SCHEDULES
 from .training import TrainConfig, train
 from .unet import PRESETS
@@ -52,6 +52,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+
+SAMPLER_HELP = (f"one of {', '.join(SAMPLERS)} (default ddim; ddpm is ancestral, heun takes 2 network evaluations per "
+                "step; see README, 'Samplers')")
+SPACING_HELP = ("how the steps' noise levels are spread: " + ", ".join(SPACINGS) + " (default: the sampler's own, "
+                + ", ".join(f"{k} {v}" for k, v in DEFAULT_SPACING.items()) + ")")
 
 
 def field_help(cls) -> dict[str, str]:
@@ -108,14 +115,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--classifier-scale", type=float, default=0.0,
                    help="classifier guidance with the bundled noise-aware classifier (default 0 = off; "
                         "--guidance-scale 0 --classifier-scale 4 guides the unconditional model by the classifier alone)")
-    s.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddpm (ancestral), ddim or dpm-solver++ (default ddim)")
+    s.add_argument("--sampler", choices=tuple(SAMPLERS), help=SAMPLER_HELP)
+    s.add_argument("--spacing", choices=SPACINGS, help=SPACING_HELP)
     s.add_argument("--steps", type=int, default=50, help="sampling steps (default 50; 0 = all T ancestral DDPM steps)")
     s.add_argument("--num", type=int, default=100, help="number of images (default 100)")
     s.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
 
     e = command("evaluate", _evaluate, "score samples with the MNIST classifier (accuracy, FD, memorisation, bits/dim)")
     e.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
-    e.add_argument("--sampler", default="ddim", choices=SAMPLERS, help="ddpm (ancestral), ddim or dpm-solver++ (default ddim)")
+    e.add_argument("--sampler", choices=tuple(SAMPLERS), help=SAMPLER_HELP)
+    e.add_argument("--spacing", choices=SPACINGS, help=SPACING_HELP)
     e.add_argument("--steps", default="50", help="comma-separated step counts; 0 = all T ancestral DDPM steps (default 50)")
     e.add_argument("--guidance-scale", help="comma-separated guidance scales (default 3; class-conditional models only)")
     e.add_argument("--classifier-scale", default="", help="comma-separated classifier-guidance scales: also score the "
@@ -130,6 +139,18 @@ def _parser() -> argparse.ArgumentParser:
                    "but MNIST; default: the shipped MNIST classifier)")
     e.add_argument("--data-dir", help="where the classifier's data set is (default: the folder recorded in its file)")
 
+    cs = command("compare-samplers", _compare_samplers, "every sampler x spacing by network evaluations: error on the "
+                 "exact 2-D ODE (--exact), or the quality of a model's digits")
+    cs.add_argument("--exact", action="store_true", help="the error against notebook 10's exact 2-D ODE (seconds) instead")
+    cs.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
+    cs.add_argument("--nfe", default="5,10,20", help="comma-separated network-evaluation budgets (default 5,10,20; "
+                    "--exact: 10,20,40,80)")
+    cs.add_argument("--sampler", default="", help="comma-separated samplers (default: all)")
+    cs.add_argument("--spacing", default="", help=f"comma-separated spacings (default: all of {', '.join(SPACINGS)})")
+    cs.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
+    cs.add_argument("--num", type=int, default=200, help="samples per setting (default 200)")
+    cs.add_argument("--seed", type=int, default=0, help="seed of the starting noise, the same for every setting (default 0)")
+
     b = command("bench", _bench, "measure training and sampling images/s")
     b.add_argument("--preset", default="mnist", choices=sorted(PRESETS), help="UNet preset (default mnist)")
     b.add_argument("--batch-sizes", default="32,128", help="comma-separated batch sizes (default 32,128)")
@@ -138,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("train-classifier", _train_classifier, "train the evaluation classifier; prints its held-out accuracy")
     c.add_argument("--out", required=True, help="weights file (the shipped one is ddpm_utils/assets/mnist_classifier.pt)")
-    c.add_argument("--dataset", choices=DATASETS, help="train on this labelled data set (default: the bundled MNIST digits, "
+    c.add_argument("--dataset", choices=tuple(DATASETS), help="train on this labelled data set (default: the bundled MNIST digits, "
                    "written in the shipped file's format)")
     c.add_argument("--data-dir", help="the data set's folder (for --dataset folder: the image folder or .zip)")
     c.add_argument("--image-size", type=int, help="resize to this (default: the data's own; use the size the model was trained at)")
@@ -221,6 +242,30 @@ def _train_noisy_classifier(args) -> None:
     save_noisy_classifier(model, args.out)
     print("held-out accuracy by paper t: " + ", ".join(f"t={t}: {a:.1%}" for t, a in acc.items()))
     print(f"wrote {args.out} (SHA-256 {sha256(args.out)})")
+
+
+def _compare_samplers(args) -> None:
+    from . import sampler_study
+
+    if args.exact:
+        nfes = _numbers(args.nfe if args.nfe != "5,10,20" else "10,20,40,80", int, "--nfe")
+        print(sampler_study.format_ode_errors(sampler_study.ode_errors(nfes)))
+        return
+    from .evaluation import Evaluator
+
+    samplers = [name for name in args.sampler.split(",") if name] or list(SAMPLERS)
+    spacings = [name for name in args.spacing.split(",") if name] or list(SPACINGS)
+    if set(samplers) - set(SAMPLERS) or set(spacings) - set(SPACINGS):
+        raise ValueError(f"--sampler must name samplers from {tuple(SAMPLERS)} and --spacing spacings from {SPACINGS}, "
+                         f"got {args.sampler!r} and {args.spacing!r}")
+    model, diffusion, info = _model(args.checkpoint, args.device)
+    if info["name"] != "mnist":
+        raise ValueError(f"compare-samplers judges MNIST digits with the shipped classifier; this model makes {info['name']}")
+    evaluator = Evaluator(next(model.parameters()).device)
+    print(sampler_study.format_quality([]))
+    rows = sampler_study.quality_table(model, diffusion, evaluator, _numbers(args.nfe, int, "--nfe"), args.num,
+                                       args.guidance_scale, args.seed, samplers, spacings)
+    print(sampler_study.format_quality(rows))
 
 
 def _bench(args) -> None:
@@ -312,12 +357,24 @@ def _numbers(text: str, kind, name: str) -> list:
         raise ValueError(f"{name} must be comma-separated numbers, got {text!r}") from None
 
 
+def _sampler(name: str | None, steps: int, ancestral: bool = False) -> str:
+    """The sampler that --sampler, --steps and --ancestral ask for: --steps 0 means all T ancestral DDPM steps."""
+    if steps == 0 and name not in (None, "ddpm"):
+        raise ValueError(f"--steps 0 means all T steps of ancestral DDPM, not --sampler {name}; give {name} a number of "
+                         "steps (e.g. --steps 20), or leave out --sampler")
+    if ancestral and name not in (None, "ddpm"):
+        raise ValueError(f"--ancestral is the same as --sampler ddpm; it cannot be combined with --sampler {name}")
+    return "ddpm" if ancestral or steps == 0 else name or "ddim"
+
+
 def _evaluate(args) -> None:
     from .evaluation import Evaluator, format_table, generate
 
     steps, scales = _numbers(args.steps, int, "--steps"), _numbers(args.guidance_scale or "3", float, "--guidance-scale")
     if args.num < 2 or min(steps) < 0:
         raise ValueError(f"--num must be >= 2 and --steps >= 0, got {args.num} and {args.steps}")
+    for n in steps:
+        _sampler(args.sampler, n, args.ancestral)  # a clear error before anything is loaded
     model, diffusion, info = _model(args.checkpoint, args.device)
     if info["name"] != "mnist" and not info["class_names"]:
         raise ValueError(f"this model was trained on unlabelled images ({info['name']}): there are no classes to train a judging "
@@ -347,11 +404,12 @@ def _evaluate(args) -> None:
     settings = ([(n, s, True, 0.0) for n in steps for s in scales] + [(n, 0.0, True, c) for n in steps for c in classifier_scales]
                 + [(n, 1.0, False, 0.0) for n in steps if args.unconditional])
     for n, s, conditional, c in settings:
-        sampler = "ddpm" if args.ancestral or not n else args.sampler
+        sampler = _sampler(args.sampler, n, args.ancestral)
         name = f"{sampler.upper()} {n or diffusion.num_timesteps}, " + (f"classifier c={c:g}" if c else f"s={s:g}" if conditional
                                                                          else "uncond.")
         images, labels, seconds = generate(model, diffusion, args.num, steps=n or None, guidance_scale=s, conditional=conditional,
-                                           seed=args.seed, sampler=sampler, classifier=classifier, classifier_scale=c)
+                                           seed=args.seed, sampler=sampler, classifier=classifier, classifier_scale=c,
+                                           spacing=args.spacing)
         rows.append({"setting": name, "seconds": seconds, **evaluator.score(images, labels)})
         print(format_table(rows[-1:]).splitlines()[1], flush=True)  # one line per setting as it finishes
     print(format_table(rows))
@@ -372,6 +430,7 @@ def _sample(args) -> None:
 
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise FileNotFoundError(f"--out {args.out}: the folder {os.path.dirname(os.path.abspath(args.out))} does not exist")
+    sampler = _sampler(args.sampler, args.steps)
     model, diffusion, info = _model(args.checkpoint, args.device)
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
@@ -389,8 +448,8 @@ def _sample(args) -> None:
         _check_classifier_scale(info)
         classifier = load_noisy_classifier(next(model.parameters()).device)
     c, size = model.config.in_channels, model.config.image_size
-    images = sample(model, diffusion, (args.num, c, size, size), sampler="ddpm" if args.steps == 0 else args.sampler,
-                    num_steps=args.steps or None, y=y,
+    images = sample(model, diffusion, (args.num, c, size, size), sampler=sampler,
+                    spacing=args.spacing, num_steps=args.steps or None, y=y,
                     guidance_scale=(3.0 if args.guidance_scale is None else args.guidance_scale) if y is not None else 1.0,
                     generator=torch.Generator().manual_seed(args.seed), classifier=classifier, classifier_scale=args.classifier_scale)
     save_image((images + 1) / 2, args.out, nrow=10)

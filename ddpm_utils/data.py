@@ -18,65 +18,40 @@ import gzip
 import os
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from PIL import Image
 
 from .config import fast_mode, network_allowed
+from .folders import load_folder
+from .images import DIGITS, ImageTensors, resize
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_MNIST = ASSETS / "mnist_5k.npz"
 SOURCES = ("auto", "torchvision", "bundled")
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "folder")
 TEST_PER_CLASS = 50  # bundled subset: the last 50 digits of each class form the test split
 MNIST_MIRROR = ("ossci-datasets.s3.amazonaws.com", 443)  # torchvision's first MNIST mirror
-DIGITS = [str(d) for d in range(10)]
-# name -> (torchvision class, its folder under root, how to get the files)
+
+
+class TorchvisionSet(NamedTuple):
+    cls: str  # torchvision's class, e.g. "FashionMNIST"
+    folder: str  # where its files lie under the data folder, in torchvision's layout
+    how: str  # how to get the files, for the error message
+    idx: bool  # idx files (the MNIST family: unpacked from .gz and found in a flat folder too)
+
+
 TORCHVISION = {
-    "mnist": ("MNIST", "MNIST/raw", "the four idx files (train-images-idx3-ubyte, ...; .gz is fine)"),
-    "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw", "the four idx files of github.com/zalandoresearch/fashion-mnist "
-                      "(train-images-idx3-ubyte.gz, ...; on Debian/Ubuntu `apt-get install dataset-fashion-mnist`)"),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", "the unpacked cifar-10-python.tar.gz of www.cs.toronto.edu/~kriz/cifar.html "
-                "(or the archive itself in the folder above)"),
+    "mnist": TorchvisionSet("MNIST", "MNIST/raw", "the four idx files (train-images-idx3-ubyte, ...; .gz is fine)", True),
+    "fashion-mnist": TorchvisionSet("FashionMNIST", "FashionMNIST/raw", "the four idx files of github.com/zalandoresearch/"
+                                    "fashion-mnist (train-images-idx3-ubyte.gz, ...; on Debian/Ubuntu `apt-get install "
+                                    "dataset-fashion-mnist`)", True),
+    "cifar10": TorchvisionSet("CIFAR10", "cifar-10-batches-py", "the unpacked cifar-10-python.tar.gz of "
+                              "www.cs.toronto.edu/~kriz/cifar.html (or the archive itself in the folder above)", False),
 }
-
-
-class ImageTensors(Dataset):
-    """uint8 images (N, C, H, W) (or (N, H, W)) and labels (N,) held in memory; items are (float (C, H, W) in [-1, 1], int).
-
-    `class_names` None means unlabelled (every label is -1; a model trained on it is unconditional).
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source: str, name: str = "mnist", class_names=DIGITS):
-        images = images.unsqueeze(1) if images.ndim == 3 else images
-        if images.ndim != 4 or images.dtype != torch.uint8 or labels.shape != images.shape[:1] or images.shape[2] != images.shape[3]:
-            raise ValueError(f"expected square uint8 images (N, C, H, W) and labels (N,), got {tuple(images.shape)} "
-                             f"{images.dtype} and {tuple(labels.shape)}")
-        self.images, self.labels, self.source, self.name = images, labels.long(), source, name
-        self.class_names = list(class_names) if class_names is not None else None
-        self.num_classes = len(self.class_names) if self.class_names is not None else None
-        self.channels, self.image_size = images.shape[1], images.shape[3]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return _to_unit_range(self.images[i]), int(self.labels[i])
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All images at once as float (N, C, H, W) in [-1, 1], and the labels (N,)."""
-        return _to_unit_range(self.images), self.labels
-
-    def info(self) -> dict:
-        """What a checkpoint records about its training data: name, class names, channels, image size."""
-        return {"name": self.name, "class_names": self.class_names, "channels": self.channels, "image_size": self.image_size}
-
-
-def _to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 -> float -1..1"""
-    return images.float() / 127.5 - 1.0
 
 
 def default_root() -> Path:
@@ -100,8 +75,8 @@ def _torchvision_set(name: str, train: bool, root: Path, download: bool) -> Imag
     """torchvision's own class for `name`, read from root in its on-disk layout (downloaded if `download`)."""
     import torchvision
 
-    cls_name, folder, _ = TORCHVISION[name]
-    if name != "cifar10":
+    cls_name, folder, _, idx = TORCHVISION[name]
+    if idx:
         root = _idx_layout(root, folder)
     download = download or (name == "cifar10" and (root / "cifar-10-python.tar.gz").is_file())  # unpacks, no network
     old = socket.getdefaulttimeout()
@@ -184,7 +159,7 @@ def _download(name: str, train: bool, root: Path) -> ImageTensors:
     try:
         return _torchvision_set(name, train, root, download=False)
     except RuntimeError:  # torchvision: "Dataset not found or corrupted"
-        cls_name, folder, how = TORCHVISION[name]
+        cls_name, folder, how, _ = TORCHVISION[name]
         why = "the network is off (tests, DDPM_FAST or DDPM_OFFLINE)"
         if network_allowed():
             try:
@@ -197,47 +172,81 @@ def _download(name: str, train: bool, root: Path) -> ImageTensors:
             f"they download by themselves") from None
 
 
-def resize(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> (N, C, image_size, image_size), antialiased, in batches."""
-    from torchvision.transforms.functional import resize as tv_resize
-
-    if images.shape[-1] == image_size:
-        return images
-    return torch.cat([tv_resize(images[i: i + 4096], [image_size, image_size], antialias=True)
-                      for i in range(0, len(images), 4096)])
+def _load_mnist(train: bool, root, source: str, channels, image_size) -> ImageTensors:
+    return load_mnist(train, source, root)
 
 
-def load_dataset(name: str, train: bool = True, *, root=None, image_size: int | None = None, source: str = "auto",
-                 channels: int | None = None) -> ImageTensors:
-    """A data set by name: "mnist", "fashion-mnist", "cifar10" or "folder", train or test split.
-
-    root: torchvision's data folder (default `default_root()`), or for "folder" the folder or .zip
-    of images (required). image_size: resize to this (default: 28 for the digits, 32 for CIFAR-10, 64
-    for folders). source: MNIST only ("bundled" = the shipped subset). channels: folders only (1 or 3;
-    default 3 unless every image is grayscale). Prints one line saying what was loaded.
-    """
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS}")
-    if image_size is not None and not (isinstance(image_size, int) and image_size >= 8):
-        raise ValueError(f"image_size must be an int >= 8 (pixels), got {image_size!r}")
-    if channels not in (None, 1, 3):
-        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
-    if channels is not None and name != "folder":
-        raise ValueError(f"channels is a choice for folders; {name} images have their own")
-    if name == "folder":
-        if root is None or str(root) == "":
-            raise ValueError("the 'folder' data set needs root= (CLI: --data-dir): a folder of images, or a .zip of one")
-        from .folders import load_folder
-
-        return load_folder(Path(root), train, image_size or 64, channels)
-    if name == "mnist":
-        ds = load_mnist(train, source, root)
-    else:
+def _load_torchvision(name: str):
+    """The loader of one of torchvision's sets (a row of TORCHVISION): its files under root, or downloaded."""
+    def load(train: bool, root, source: str, channels, image_size) -> ImageTensors:
         if source not in ("auto", "torchvision"):
             raise ValueError(f"source={source!r}: only MNIST has a bundled copy; {name} comes from torchvision ('auto')")
         ds = _download(name, train, default_root() if root is None else Path(root))
         print(f"{name}: {ds.source}: {len(ds):,} {'train' if train else 'test'} images")
+        return ds
+    return load
+
+
+def _load_folder(train: bool, root, source: str, channels, image_size) -> ImageTensors:
+    if root is None or str(root) == "":
+        raise ValueError("the 'folder' data set needs root= (CLI: --data-dir): a folder of images, or a .zip of one")
+    return load_folder(Path(root), train, image_size or DATASETS["folder"].image_size, channels)  # resized image by image
+
+
+class DataSet(NamedTuple):
+    load: Callable  # (train, root, source, channels, image_size) -> ImageTensors (uint8 images and labels in memory)
+    image_size: int  # the default image size (images are resized to the asked size after loading)
+    hflip: bool  # random horizontal flips by default when training (not for digits, whose mirror image is no digit)
+    channels_choice: bool = False  # whether `channels` may be chosen (folders: 1 or 3)
+
+
+# The seam for a new data set: one loader and one entry (name -> DataSet); torchvision's sets are a row of TORCHVISION.
+DATASETS = {
+    "mnist": DataSet(_load_mnist, 28, False),
+    "fashion-mnist": DataSet(_load_torchvision("fashion-mnist"), 28, False),
+    "cifar10": DataSet(_load_torchvision("cifar10"), 32, True),
+    "folder": DataSet(_load_folder, 64, True, channels_choice=True),
+}
+
+
+def load_dataset(name: str, train: bool = True, *, root=None, image_size: int | None = None, source: str = "auto",
+                 channels: int | None = None) -> ImageTensors:
+    """A data set by name (a key of DATASETS: "mnist", "fashion-mnist", "cifar10", "folder"), train or test split.
+
+    root: torchvision's data folder (default `default_root()`), or for "folder" the folder or .zip
+    of images (required). image_size: resize to this (default: the entry's, 28 for the digits, 32 for CIFAR-10,
+    64 for folders). source: MNIST only ("bundled" = the shipped subset). channels: folders only (1 or 3;
+    default 3 unless every image is grayscale). Prints one line saying what was loaded.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; expected one of {tuple(DATASETS)}")
+    entry = DATASETS[name]
+    if image_size is not None and not (isinstance(image_size, int) and image_size >= 8):
+        raise ValueError(f"image_size must be an int >= 8 (pixels), got {image_size!r}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    if channels is not None and not entry.channels_choice:
+        raise ValueError(f"channels is a choice for folders; {name} images have their own")
+    ds = entry.load(train, root, source, channels, image_size)
     if image_size is not None and image_size != ds.image_size:
         ds = ImageTensors(resize(ds.images, image_size), ds.labels, f"{ds.source}, resized to {image_size}x{image_size}",
                           ds.name, ds.class_names)
     return ds
+
+
+def write_tinted_digits(out, per_class: int = 50, image_size: int = 32, seed: int = 0) -> Path:
+    """A real RGB image folder made from the bundled digits: each digit drawn in a random colour on a
+    random background colour, resized to image_size, saved as PNG files in class sub-folders 0..9.
+    Returns the folder. (Notebook 08 and the tests train on it offline.)"""
+    out = Path(out)
+    digits = load_mnist(train=True, source="bundled")
+    g = torch.Generator().manual_seed(seed)
+    for c in range(10):
+        (out / str(c)).mkdir(parents=True, exist_ok=True)
+        idx = (digits.labels == c).nonzero().squeeze(1)[:per_class]
+        ink = resize(digits.images[idx], image_size).float() / 255  # (n, 1, S, S), 1 where the digit is
+        fg, bg = torch.rand(len(idx), 3, 1, 1, generator=g), torch.rand(len(idx), 3, 1, 1, generator=g)
+        rgb = (ink * fg + (1 - ink) * bg).mul(255).round().to(torch.uint8)  # (n, 3, S, S)
+        for k, im in enumerate(rgb):
+            Image.fromarray(im.permute(1, 2, 0).numpy()).save(out / str(c) / f"{k:04d}.png")
+    return out

@@ -10,23 +10,31 @@ Notation (code vs. Ho et al. 2020). Code time t = 0..T-1 is the paper's t+1.
 | `posterior_variance[t]`       | beta-tilde_{t+1} (Eq. 7); 0 at code t = 0 |
 | `terms_bpd[:, k]` (bound)     | L_k: L_0 is the decoder NLL, L_1..L_{T-1} the KL terms |
 
-What the network predicts is one option, `prediction`, read by `eps_and_x0` (model output -> eps, x0)
-and, for the loss, by `training_target` and `loss_weight`:
+What the network predicts is one option, `prediction`: one entry of the table `PREDICTIONS`, which
+holds its training target, its conversion to (eps, x0) and its loss scale, each written with
+alpha = sqrt(abar) and sigma = sqrt(1 - abar), so that x_t = alpha x0 + sigma eps:
 
 | `prediction` | the network's output          | source                    |
 |--------------|-------------------------------|---------------------------|
 | "eps"        | the noise eps                 | Ho et al. 2020, Eq. 11    |
 | "x0"         | the clean image x0            | Ho et al. 2020, Sec. 3.2  |
-| "v"          | sqrt(abar) eps - sqrt(1 - abar) x0 | Salimans & Ho 2022, Sec. 4 |
+| "v"          | alpha eps - sigma x0          | Salimans & Ho 2022, Sec. 4 |
 
 A model with learned variances (`UNetConfig.learned_variance`) outputs 2C channels: the prediction,
-then v_var in [-1, 1], which interpolates the log-variance between log beta_t and log beta-tilde_t
-(Nichol & Dhariwal 2021, Eq. 15); it is trained with L_hybrid = L_simple + lambda L_vlb.
+then var_interp in [-1, 1] (the paper's v, renamed here so as not to be confused with v-prediction),
+which interpolates the log-variance between log beta_t and log beta-tilde_t (Nichol & Dhariwal 2021,
+Eq. 15); it is trained with L_hybrid = L_simple + lambda L_vlb.
+
+Samplers see the process through noise levels sigma_edm = sigma / alpha (Karras et al. 2022:
+x_t / alpha = x0 + sigma_edm eps): `sigmas` (one per code t), `t_at(sigma_edm)` (the code t of a
+level, fractional between two timesteps) and `alpha_sigma(t)` (integer or fractional t).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -35,7 +43,24 @@ from tqdm.auto import tqdm
 from .schedules import make_betas
 
 VARIANCES = ("posterior", "beta")  # beta-tilde_t (Eq. 7) or beta_t: Ho et al. 2020, Sec. 3.2
-PREDICTIONS = ("eps", "x0", "v")  # what the network predicts (module docstring)
+
+
+class Prediction(NamedTuple):
+    """What a network predicts, written with x_t = alpha x0 + sigma eps (alpha = sqrt(abar), sigma = sqrt(1 - abar))."""
+
+    target: Callable  # (x0, eps, alpha, sigma) -> what the network should output
+    to_eps_x0: Callable  # (output, x_t, alpha, sigma) -> (eps, x0)
+    error_scale: Callable  # snr -> |error of the target|^2 / |error of x0|^2 at the same x_t (for Min-SNR)
+
+
+# The seam for a new objective: one entry (name -> Prediction). v is a rotation of (eps, x0), so its
+# conversion never divides: eps = sigma x_t + alpha v, x0 = alpha x_t - sigma v.
+PREDICTIONS = {
+    "eps": Prediction(lambda x0, eps, a, s: eps, lambda out, x, a, s: (out, (x - s * out) / a), lambda snr: snr),
+    "x0": Prediction(lambda x0, eps, a, s: x0, lambda out, x, a, s: ((x - a * out) / s, out), torch.ones_like),
+    "v": Prediction(lambda x0, eps, a, s: a * eps - s * x0, lambda out, x, a, s: (s * x + a * out, a * x - s * out),
+                    lambda snr: 1 + snr),
+}
 WEIGHTINGS = ("none", "min-snr")  # loss weighting per timestep: none, or Min-SNR-gamma (Hang et al. 2023)
 MIN_SNR_GAMMA = 5.0  # Hang et al. 2023's gamma
 
@@ -44,6 +69,8 @@ def extract(a: torch.Tensor, t: torch.Tensor, x_shape) -> torch.Tensor:
     """Look up a[t] for a batch of timesteps t (B,) and reshape to (B, 1, 1, 1) to broadcast over x."""
     if t.ndim != 1:
         raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
+    if t.dtype.is_floating_point and bool((t != t.round()).any()):
+        raise ValueError("extract needs integer timesteps; for a fractional t use diffusion.alpha_sigma(t)")
     out = a[t.to(a.device, torch.long)]
     return out.reshape(t.shape[0], *([1] * (len(x_shape) - 1)))
 
@@ -101,7 +128,7 @@ def _check_eps(eps: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def split_output(model_output: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(prediction, v_var) from a model output: C channels -> (output, None) (fixed variance);
+    """(prediction, var_interp) from a model output: C channels -> (output, None) (fixed variance);
     2C channels -> (the first C, the last C) (learned variance, Nichol & Dhariwal 2021)."""
     C = x.shape[1]
     if model_output.shape == x.shape:
@@ -135,7 +162,7 @@ class GaussianDiffusion(nn.Module):
     def __init__(self, betas, schedule: dict | None = None, prediction: str = "eps"):
         super().__init__()
         if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+            raise ValueError(f"prediction must be one of {tuple(PREDICTIONS)}, got {prediction!r}")
         self.prediction = prediction
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or betas.numel() == 0:
@@ -176,6 +203,37 @@ class GaussianDiffusion(nn.Module):
     @property
     def num_timesteps(self) -> int:
         return self.betas.shape[0]
+
+    # ----- noise levels (what the samplers walk) ---------------------------------------------
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """The noise level of each code t, sigma_t = sqrt((1 - abar_t) / abar_t), increasing, float64 (T,)
+        (Karras et al. 2022's sigma: x_t / sqrt(abar_t) = x0 + sigma_t eps)."""
+        abar = self.alphas_cumprod.double()
+        return ((1 - abar) / abar).sqrt()
+
+    def t_at(self, sigma: float) -> float:
+        """The code t whose noise level is `sigma`: log sigma interpolated linearly between neighbouring
+        timesteps (as k-diffusion does), so a level of the table gives its integer t exactly."""
+        log_sigmas = self.sigmas.log().cpu()
+        if not log_sigmas[0] <= math.log(sigma) <= log_sigmas[-1]:
+            raise ValueError(f"sigma={sigma:g} lies outside this schedule's range {log_sigmas[0].exp():.4g}..{log_sigmas[-1].exp():.4g}")
+        hi = int(torch.searchsorted(log_sigmas, torch.tensor(math.log(sigma), dtype=torch.float64)).clamp(1, len(log_sigmas) - 1))
+        w = (math.log(sigma) - log_sigmas[hi - 1]) / (log_sigmas[hi] - log_sigmas[hi - 1])
+        return hi - 1 + float(w)
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(abar_t), sqrt(1 - abar_t)) at code t (B,), each (B,): integer t looks up the table, a fractional t
+        uses the noise level that `t_at` maps to it (log sigma linear between timesteps)."""
+        if not t.dtype.is_floating_point or bool((t == t.round()).all()):
+            t = t.to(self.alphas_cumprod.device, torch.long)
+            return self.sqrt_alphas_cumprod[t], self.sqrt_one_minus_alphas_cumprod[t]
+        log_sigmas = self.sigmas.log()
+        lo = t.double().floor().long().clamp(0, len(log_sigmas) - 2).to(log_sigmas.device)
+        w = t.double().to(log_sigmas.device) - lo
+        sigma = ((1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]).exp()
+        alpha = (1 + sigma**2).rsqrt()
+        return alpha.float(), (sigma * alpha).float()
 
     def _check_t(self, t: torch.Tensor, x: torch.Tensor) -> None:
         if not isinstance(t, torch.Tensor) or t.shape != (x.shape[0],):
@@ -239,28 +297,29 @@ class GaussianDiffusion(nn.Module):
         return extract(self.sqrt_alphas_cumprod, t, x_t.shape) * x_t - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * v
 
     def eps_and_x0(self, model_output, x_t, t):
-        """(eps, x0) from what the network predicts (`self.prediction`): the one conversion every loss,
-        sampler and bound goes through. `model_output` has x_t's shape (the prediction channels only)."""
+        """(eps, x0) from what the network predicts (`self.prediction`, through `PREDICTIONS`): the one conversion
+        every loss, sampler and bound goes through. `model_output` has x_t's shape (the prediction channels only)."""
         _check_eps(model_output, x_t)
-        if self.prediction == "eps":
-            return model_output, self.predict_x0_from_eps(x_t, t, model_output)
-        x0 = model_output if self.prediction == "x0" else self.predict_x0_from_v(x_t, t, model_output)
-        return self.predict_eps_from_x0(x_t, t, x0), x0
+        if not t.dtype.is_floating_point:
+            self._check_t(t, x_t)
+        alpha, sigma = (a.reshape(-1, *([1] * (x_t.ndim - 1))) for a in self.alpha_sigma(t))
+        return PREDICTIONS[self.prediction].to_eps_x0(model_output, x_t, alpha, sigma)
 
-    def learned_log_variance(self, v, t, x_shape):
-        """log sigma^2 = frac log beta_t + (1 - frac) log beta-tilde_t, frac = (v + 1) / 2 (Nichol & Dhariwal 2021, Eq. 15).
+    def learned_log_variance(self, var_interp, t, x_shape):
+        """log sigma^2 = frac log beta_t + (1 - frac) log beta-tilde_t, frac = (var_interp + 1) / 2 (Nichol & Dhariwal
+        2021, Eq. 15, where var_interp is called v).
 
-        v = 1 gives beta_t, v = -1 the (clipped) posterior variance beta-tilde_t; as in improved-diffusion,
-        v is not squashed, so a trained network may step slightly outside the range.
+        var_interp = 1 gives beta_t, -1 the (clipped) posterior variance beta-tilde_t; as in improved-diffusion,
+        it is not squashed, so a trained network may step slightly outside the range.
         """
-        frac = (v + 1) / 2
+        frac = (var_interp + 1) / 2
         return frac * extract(torch.log(self.betas), t, x_shape) + (1 - frac) * extract(self.posterior_log_variance_clipped, t, x_shape)
 
     def read_output(self, model_output, x_t, t):
         """(eps, x0, log-variance or None) from a model output, with C channels (fixed variance) or 2C (learned)."""
-        prediction, v = split_output(model_output, x_t)
+        prediction, var_interp = split_output(model_output, x_t)
         eps, x0 = self.eps_and_x0(prediction, x_t, t)
-        return eps, x0, None if v is None else self.learned_log_variance(v, t, x_t.shape)
+        return eps, x0, None if var_interp is None else self.learned_log_variance(var_interp, t, x_t.shape)
 
     # ----- reverse process p(x_{t-1} | x_t) ----------------------------------------------------
     def p_mean_variance(self, eps, x_t, t, variance: str = "posterior", clip_x0: bool = False, log_var=None):
@@ -287,9 +346,8 @@ class GaussianDiffusion(nn.Module):
     # ----- losses --------------------------------------------------------------------------------
     def training_target(self, x0, t, noise):
         """What the network should output for x_t = q_sample(x0, t, noise): eps, x0 or v (`self.prediction`)."""
-        if self.prediction == "eps":
-            return noise
-        return x0 if self.prediction == "x0" else self.v_target(x0, t, noise)
+        alpha, sigma = (extract(a, t, x0.shape) for a in (self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod))
+        return PREDICTIONS[self.prediction].target(x0, noise, alpha, sigma)
 
     def snr(self, t) -> torch.Tensor:
         """Signal-to-noise ratio abar_t / (1 - abar_t) at timesteps t (B,)."""
@@ -309,8 +367,7 @@ class GaussianDiffusion(nn.Module):
         snr = self.snr(t)
         if weighting == "none":
             return torch.ones_like(snr)
-        x0_weight = snr.clamp(max=MIN_SNR_GAMMA)
-        return {"eps": x0_weight / snr, "x0": x0_weight, "v": x0_weight / (snr + 1)}[self.prediction]
+        return snr.clamp(max=MIN_SNR_GAMMA) / PREDICTIONS[self.prediction].error_scale(snr)
 
     def training_loss(self, model, x0, y=None, p_uncond: float = 0.0, t=None, noise=None, generator=None,
                       loss_weighting: str = "none", hybrid_lambda: float = 0.001):
@@ -339,13 +396,13 @@ class GaussianDiffusion(nn.Module):
             drop = torch.rand(B, generator=generator, device=gen_device).to(device) < p_uncond
             y = torch.where(drop, torch.full_like(y, _null_label(model)), y)
         x_t = self.q_sample(x0, t, noise)
-        prediction, v = split_output(model(x_t, t, y).float(), x0)  # float: the bound needs more than bf16
+        prediction, var_interp = split_output(model(x_t, t, y).float(), x0)  # float: the bound needs more than bf16
         squared_error = (prediction - self.training_target(x0, t, noise)).square().flatten(1).mean(1)  # (B,)
         loss = (self.loss_weight(t, loss_weighting) * squared_error).mean()
-        if v is None:
+        if var_interp is None:
             return loss
         eps, _ = self.eps_and_x0(prediction.detach(), x_t, t)  # stop-gradient: L_vlb trains only the variance
-        vb = self.vb_terms_bpd(eps, x0, x_t, t, log_var=self.learned_log_variance(v, t, x0.shape))
+        vb = self.vb_terms_bpd(eps, x0, x_t, t, log_var=self.learned_log_variance(var_interp, t, x0.shape))
         return loss + hybrid_lambda * self.num_timesteps * vb.mean()
 
     def prior_bpd(self, x0) -> torch.Tensor:

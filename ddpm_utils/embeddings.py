@@ -1,6 +1,6 @@
 """Sinusoidal timestep embedding (Vaswani et al. 2017, Sec. 3.5; used by Ho et al. 2020) and its MLP.
 
-Convention (DESIGN.md): emb = cat([sin(t * w), cos(t * w)], dim=-1) with
+Convention (CONTRIBUTING.md): emb = cat([sin(t * w), cos(t * w)], dim=-1) with
 w_i = max_period ** (-i / half), i = 0..half-1, half = dim // 2. This equals diffusers'
 `get_timestep_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=0)`.
 "Attention is all you need" interleaves sin and cos instead; that is the same numbers, permuted.

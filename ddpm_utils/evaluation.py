@@ -229,12 +229,13 @@ class Evaluator:
 
 def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale: float = 3.0, conditional: bool = True,
              seed: int = 0, batch_size: int = 250, ancestral: bool = False, sampler: str | None = None,
-             progress: bool = False, classifier=None, classifier_scale: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+             progress: bool = False, classifier=None, classifier_scale: float = 0.0,
+             spacing: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """n samples (labels 0, 1, ... in turn if `conditional`, else unconditional): (images, labels, seconds).
 
     `steps`: DDIM steps, or all T ancestral steps if None; with `ancestral=True`, ancestral DDPM
     respaced to `steps` (Nichol & Dhariwal 2021), which uses a model's learned variances. A `sampler`
-    name ("ddpm", "ddim", "dpm-solver++") overrides both.
+    name (one of `samplers.SAMPLERS`) overrides both; `spacing` (None = the sampler's own) spreads its steps.
     `classifier` with `classifier_scale` adds classifier guidance (see `samplers.sample`).
     `progress` shows a bar over the sampling steps of each batch.
     """
@@ -251,7 +252,7 @@ def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale
         m = min(batch_size, n - i)
         chunks.append(sample(model, diffusion, (m, c, size, size), sampler=sampler, num_steps=steps, y=y,
                              guidance_scale=guidance_scale if conditional else 1.0, generator=generator, progress=progress,
-                             classifier=classifier, classifier_scale=classifier_scale).cpu())
+                             classifier=classifier, classifier_scale=classifier_scale, spacing=spacing).cpu())
     return torch.cat(chunks), labels.cpu() if conditional else None, time.perf_counter() - start
 
 

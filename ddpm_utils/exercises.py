@@ -18,9 +18,9 @@ import json
 import re
 from pathlib import Path
 
-from .notebook import NOTEBOOKS, colab_url
+from .grading import write_metadata
+from .notebook import BEGIN, END, NOTEBOOKS, colab_url, dumps, lessons
 
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 EXERCISES = NOTEBOOKS / "exercises"
 NOTE = ("> **Exercise version.** Write the code where it says `# YOUR CODE HERE` (delete the `raise NotImplementedError()`), "
         "then run the check cell below it: it tests your code on small cases and gives a hint when something is off. "
@@ -65,20 +65,9 @@ def make_exercise(nb: dict, name: str) -> dict:
     return nb
 
 
-def _dumps(nb: dict) -> str:
-    return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"  # as nbformat writes it
-
-
-def lessons(src: Path = NOTEBOOKS) -> list[Path]:
-    """The lesson notebooks (NN_*.ipynb) that have solution blocks."""
-    return [p for p in sorted(Path(src).glob("[0-9][0-9]_*.ipynb")) if BEGIN in p.read_text(encoding="utf-8")]
-
-
 def generate(src: Path = NOTEBOOKS, out: Path = EXERCISES) -> list[Path]:
     """Write the exercise version of every lesson notebook that has solution blocks; remove stale ones.
     First the lessons' nbgrader metadata is brought up to date (`grading.write_metadata`)."""
-    from .grading import write_metadata
-
     if not any(Path(src).glob("[0-9][0-9]_*.ipynb")):
         raise FileNotFoundError(f"no lesson notebooks (NN_*.ipynb) in {src}; run this from a clone of the course repository")
     write_metadata(src)  # the lessons' nbgrader metadata, from the same markers
@@ -86,7 +75,7 @@ def generate(src: Path = NOTEBOOKS, out: Path = EXERCISES) -> list[Path]:
     written = []
     for path in lessons(src):
         target = out / path.name
-        target.write_text(_dumps(make_exercise(json.loads(path.read_text(encoding="utf-8")), path.name)), encoding="utf-8")
+        target.write_text(dumps(make_exercise(json.loads(path.read_text(encoding="utf-8")), path.name)), encoding="utf-8")
         written.append(target)
     for stale in set(out.glob("*.ipynb")) - set(written):
         stale.unlink()

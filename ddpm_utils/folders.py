@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .data import ImageTensors
+from .images import ImageTensors
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 HOLD_OUT = 10  # one image in HOLD_OUT of each class is held out as the test split
@@ -147,23 +147,3 @@ def load_folder(root: Path, train: bool, image_size: int, channels: int | None) 
     print(f"folder: {len(opened):,} images in {kind} from {root}{note}; {len(images):,} {'train' if train else 'test'} "
           f"images at {image_size}x{image_size}, {'RGB' if channels == 3 else 'grayscale'}")
     return ImageTensors(torch.stack(images), labels, f"folder {root}", "folder", classes)
-
-
-def write_tinted_digits(out, per_class: int = 50, image_size: int = 32, seed: int = 0) -> Path:
-    """A real RGB image folder made from the bundled digits: each digit drawn in a random colour on a
-    random background colour, resized to image_size, saved as PNG files in class sub-folders 0..9.
-    Returns the folder. (Notebook 08 and the tests train on it offline.)"""
-    from .data import load_mnist, resize
-
-    out = Path(out)
-    digits = load_mnist(train=True, source="bundled")
-    g = torch.Generator().manual_seed(seed)
-    for c in range(10):
-        (out / str(c)).mkdir(parents=True, exist_ok=True)
-        idx = (digits.labels == c).nonzero().squeeze(1)[:per_class]
-        ink = resize(digits.images[idx], image_size).float() / 255  # (n, 1, S, S), 1 where the digit is
-        fg, bg = torch.rand(len(idx), 3, 1, 1, generator=g), torch.rand(len(idx), 3, 1, 1, generator=g)
-        rgb = (ink * fg + (1 - ink) * bg).mul(255).round().to(torch.uint8)  # (n, 3, S, S)
-        for k, im in enumerate(rgb):
-            Image.fromarray(im.permute(1, 2, 0).numpy()).save(out / str(c) / f"{k:04d}.png")
-    return out

@@ -20,8 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from .exercises import BEGIN, _dumps, lessons
-from .notebook import NOTEBOOKS
+from .notebook import BEGIN, NOTEBOOKS, dumps, lessons
 
 POINTS = 1  # points of each exercise's check cell
 CHECK = "from ddpm_utils.checks import check_"  # how a check cell starts
@@ -70,7 +69,7 @@ def write_metadata(src: Path = NOTEBOOKS) -> list[Path]:
     changed = []
     for path in lessons(src):
         text = path.read_text(encoding="utf-8")
-        new = _dumps(with_metadata(json.loads(text)))
+        new = dumps(with_metadata(json.loads(text)))
         if new != text:
             path.write_text(new, encoding="utf-8")
             changed.append(path)
@@ -101,6 +100,6 @@ def make_course(out, names: list[str] | None = None, src: Path = NOTEBOOKS) -> P
     for path in chosen:
         folder = out / "source" / path.stem
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / path.name).write_text(_dumps(with_metadata(json.loads(path.read_text(encoding="utf-8")))), encoding="utf-8")
+        (folder / path.name).write_text(dumps(with_metadata(json.loads(path.read_text(encoding="utf-8")))), encoding="utf-8")
     (out / "nbgrader_config.py").write_text(CONFIG, encoding="utf-8")  # nothing else: the notebooks import ddpm_utils
     return out

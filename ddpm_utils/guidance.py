@@ -1,6 +1,6 @@
 """Classifier-free guidance (Ho & Salimans 2022), and classifier guidance (Dhariwal & Nichol 2021).
 
-Convention (DESIGN.md): eps = eps_uncond + s * (eps_cond - eps_uncond).
+Convention (CONTRIBUTING.md): eps = eps_uncond + s * (eps_cond - eps_uncond).
 s = 1 is the plain conditional model, s = 0 the unconditional one, and Ho & Salimans'
 guidance weight is w = s - 1 (their Eq. 6: (1 + w) eps_cond - w eps_uncond).
 
@@ -13,8 +13,6 @@ predictions and then converting equals converting and then combining eps. A lear
 from __future__ import annotations
 
 import torch
-
-from .diffusion import extract
 
 
 def guided_eps(model, x, t, y, guidance_scale: float, null_label: int | None) -> torch.Tensor:
@@ -61,4 +59,5 @@ def classifier_guided_eps(classifier, x, t, y, eps, scale: float, diffusion) -> 
             raise ValueError(f"labels must lie in 0..{log_probs.shape[1] - 1}, got {y.min().item()}..{y.max().item()}")
         selected = log_probs[torch.arange(len(y), device=y.device), y].sum()  # the rows are independent
         grad = torch.autograd.grad(selected, x_in)[0]  # grad_x log p_phi(y | x_t, t), (B, ...)
-    return eps - scale * extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x.shape) * grad
+    sigma = diffusion.alpha_sigma(t)[1].reshape(-1, *([1] * (x.ndim - 1)))  # sqrt(1 - abar_t), t integer or fractional
+    return eps - scale * sigma * grad

@@ -7,6 +7,7 @@ run `python -m ddpm_utils.notebook` to rewrite them.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -20,6 +21,17 @@ REPO_URL = "https://github.com/YOUR-GITHUB-ORG/ddpm-course"  # placeholder until
 REPO_REF = f"v{__version__}"  # the git tag Colab installs: tag each release so that a push mid-term changes nothing for a class
 BRANCH = "main"
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"  # around the code a student writes (exercises, grading)
+
+
+def lessons(src: Path = NOTEBOOKS) -> list[Path]:
+    """The lesson notebooks (NN_*.ipynb) that have solution blocks."""
+    return [p for p in sorted(Path(src).glob("[0-9][0-9]_*.ipynb")) if BEGIN in p.read_text(encoding="utf-8")]
+
+
+def dumps(nb: dict) -> str:
+    """A notebook (a dict as in the .ipynb file) as nbformat writes it."""
+    return json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 
 
 def colab_url(notebook: str) -> str:

@@ -1,116 +1,191 @@
-"""Reverse-process steps and the one sampling loop: ancestral DDPM, strided DDIM, guidance.
+"""Every sampler a small function over one denoiser and an explicit sequence of noise levels (as in k-diffusion, EDM).
 
 | code                        | paper                                                       |
 |-----------------------------|-------------------------------------------------------------|
-| `ddpm_step`                 | Ho et al. 2020, Algorithm 2, line 4                         |
-| `ddim_step`                 | Song et al. 2021 (DDIM), Eq. (12), sigma from Eq. (16)      |
-| `t_prev = -1`               | "before the first step": alpha-bar = 1 (never index [-1])   |
-| `respace`                   | Nichol & Dhariwal 2021, Section 4 (fewer ancestral steps)   |
-| `dpm_solver_step`           | Lu et al. 2022 (DPM-Solver++), Algorithm 2, "2M"            |
+| `ddpm`                      | Ho et al. 2020, Algorithm 2; respaced: Nichol & Dhariwal 2021, Sec. 4 |
+| `ddim`                      | Song et al. 2021 (DDIM), Eq. (12), sigma from Eq. (16)      |
+| `dpm_solver_pp`             | Lu et al. 2022 (DPM-Solver++), Algorithm 2, "2M"            |
+| `euler`, `heun`             | Karras et al. 2022 (EDM), Eq. (3), Algorithm 1              |
+| `euler_ancestral`           | k-diffusion's `sample_euler_ancestral` (Crowson)            |
+| `noise_levels(..., "karras")` | Karras et al. 2022, Eq. (5)                               |
+| sigma (a noise level)       | Karras et al.'s sigma = sqrt((1 - abar) / abar)             |
 
-`sample(..., sampler=)` picks one of SAMPLERS; each is a name and one step function.
+`sample` builds one denoiser (`denoiser.make_denoiser`) and the levels (`noise_levels`), and runs one function
+of SAMPLERS over them. To add a sampler, write one function (denoise, x, levels, generator, **options) -> x at
+sigma = 0 and add its name to SAMPLERS and DEFAULT_SPACING (CONTRIBUTING.md). The one-step functions at integer
+t that notebooks 06 and 10 derive (`ddpm_step`, `ddim_step`, `dpm_solver_step`, `respace`) live in `steps` and
+are importable from here too.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+
 import torch
-from tqdm.auto import tqdm
 
-from .diffusion import GaussianDiffusion, extract, randn
-from .guidance import classifier_guided_eps, guided_eps
+from .denoiser import make_denoiser, progress_bar
+from .diffusion import VARIANCES, randn
+from .steps import RespacedModel, ddim_step, ddpm_step, dpm_solver_step, respace, timestep_pairs  # noqa: F401 (public here too)
 
-
-def _alphas_cumprod_prev(diffusion, t_prev: torch.Tensor, x_shape) -> torch.Tensor:
-    """alpha-bar at t_prev (B,), with alpha-bar = 1 where t_prev == -1. Returns (B, 1, 1, 1)."""
-    abar = extract(diffusion.alphas_cumprod, t_prev.clamp(min=0), x_shape)
-    first = (t_prev < 0).reshape(abar.shape)
-    return torch.where(first, torch.ones_like(abar), abar)
+# ----- noise levels ------------------------------------------------------------------------------
+SPACINGS = ("uniform", "karras", "logsnr")  # how the levels are spread: see `noise_levels`
 
 
-def ddpm_step(diffusion, eps, t, x_t, noise=None, variance="posterior", clip_x0=False, generator=None, log_var=None):
-    """One ancestral step x_t -> x_{t-1} ~ N(mu_theta(x_t, t), sigma_t^2 I) (Ho et al. 2020, Algorithm 2).
+EDM_SIGMA_MAX = 80.0  # Karras et al. 2022, Table 1: where their samplers start, VP models included
 
-    `variance`: "posterior" (sigma_t^2 = beta-tilde_t) or "beta" (sigma_t^2 = beta_t); a given
-    `log_var` (B, 1, 1, 1) or x_t's shape, a learned log sigma_t^2 (Nichol & Dhariwal 2021), replaces both.
-    At t = 0 no noise is added (z = 0 at the paper's t = 1). Returns (x_prev, x0_pred).
+
+def noise_levels(diffusion, num_steps: int | None = None, spacing: str = "uniform", rho: float = 7.0,
+                 sigma_max: float | None = None) -> torch.Tensor:
+    """The levels sigma_0 > ... > sigma_{N-1} > sigma_N = 0 that a sampler walks in N = `num_steps` steps, float64
+    (N + 1,), from sigma_0 (where x ~ N(0, I) / sqrt(abar) starts) to the schedule's smallest level sigma(0), then 0.
+
+    - "uniform": the levels of evenly spaced code t (`timestep_pairs`: DDPM's and DDIM's steps), from t = T-1;
+    - "karras": evenly spaced in sigma^(1 / rho), rho = 7 (Karras et al. 2022, Eq. 5): small steps at low noise;
+    - "logsnr": evenly spaced in log sigma = -log-SNR / 2 (Lu et al. 2022, DPM-Solver's choice for small images).
+    `sigma_max`: the first level of "karras" and "logsnr" (None: the smaller of the schedule's largest level and
+    EDM's 80). The cosine schedule's last level is about 2e4, where x_t is pure noise to within 1e-4: steps spent
+    above 80 are wasted, and Heun's correction over a step from 2e4 diverges (README, "Samplers").
     """
-    mean, _, log_var, x0_pred = diffusion.p_mean_variance(eps, x_t, t, variance, clip_x0, log_var)
-    if noise is None:
-        noise = randn(x_t.shape, x_t.device, generator)
-    not_last = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, 1, 1)
-    return mean + not_last * torch.exp(0.5 * log_var) * noise, x0_pred
+    T, sigmas = diffusion.num_timesteps, diffusion.sigmas.cpu()
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing == "uniform":
+        ts = [t for t, _ in timestep_pairs(T, num_steps)]
+        return torch.cat([sigmas[ts], torch.zeros(1, dtype=torch.float64)])
+    n = T if num_steps is None else num_steps  # between the schedule's levels, more than T of them is allowed
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    s_max = min(sigmas[-1].item(), EDM_SIGMA_MAX if sigma_max is None else sigma_max)
+    s_min = sigmas[0].item()
+    if not s_min < s_max:
+        raise ValueError(f"sigma_max must lie above the schedule's smallest level {s_min:.4g}, got {sigma_max!r}")
+    if n == 1:
+        levels = torch.tensor([s_max], dtype=torch.float64)
+    elif spacing == "karras":
+        ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+        levels = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    else:
+        levels = torch.linspace(math.log(s_max), math.log(s_min), n, dtype=torch.float64).exp()
+    if n > 1:
+        levels[0], levels[-1] = s_max, s_min  # exactly the ends, whatever the rounding
+    return torch.cat([levels, torch.zeros(1, dtype=torch.float64)])
 
 
-def ddim_step(diffusion, eps, t, t_prev, x_t, eta=0.0, noise=None, clip_x0=False, generator=None):
-    """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, Eq. 12). Returns (x_prev, x0_pred).
+def level_pairs(levels: torch.Tensor) -> list[tuple[float, float]]:
+    """The (sigma, sigma_next) pairs of consecutive levels, as plain floats."""
+    values = levels.tolist()
+    return list(zip(values[:-1], values[1:], strict=True))
 
-    1. predict x0 from eps (Eq. 12, "predicted x0"); if clipped, recompute eps to match it;
-    2. sigma = eta * sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))   (Eq. 16);
-    3. x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
-    eta = 0 is deterministic; eta = 1 with t_prev = t - 1 is the DDPM step with beta-tilde_t.
-    `t_prev = -1` means abar_prev = 1, so the last step returns the predicted x0.
-    A learned variance plays no part: DDIM's sigma is chosen by eta (it picks one member of a family
-    of processes with the same marginals), not estimated, so only the model's eps (the mean) is used.
+
+def _noise(x, generator):
+    return randn(x.shape, x.device, generator).to(x.dtype)
+
+
+# ----- the samplers: each a few lines over one denoiser D(x, sigma) -> (x0, eps, var_frac) ---------
+# x is x_t / sqrt(abar) = x0 + sigma eps (see `denoiser`); the probability-flow ODE is dx / dsigma = eps.
+def ddpm(denoise, x, levels, generator, variance="posterior"):
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) on the chain through `levels` (Nichol & Dhariwal 2021,
+    Sec. 4, when they are fewer than T): between levels abar -> abar_next, beta = 1 - abar / abar_next.
+
+    x_next ~ N(posterior mean, var) (Eq. 7): mean = x0 + (sigma_next^2 / sigma) eps; var = beta-tilde
+    ("posterior"), beta ("beta"), or learned between them (Nichol & Dhariwal 2021, Eq. 15). No noise
+    into sigma = 0. One noise draw per step, the last included.
     """
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    for sigma, sigma_next in level_pairs(levels):
+        x0, eps, var_frac = denoise(x, sigma)
+        z = _noise(x, generator)
+        abar, abar_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
+        beta = 1 - abar / abar_next
+        beta_tilde = beta * (1 - abar_next) / (1 - abar)  # Eq. (7)
+        var = beta_tilde if variance == "posterior" else beta
+        x = x0 + sigma_next**2 / sigma * eps
+        if sigma_next > 0:
+            if var_frac is not None:
+                var = torch.exp(var_frac * math.log(beta) + (1 - var_frac) * math.log(beta_tilde))
+            x = x + (var / abar_next) ** 0.5 * z  # the chain's noise, in x_t / sqrt(abar_next)
+    return x
+
+
+def ddim(denoise, x, levels, generator, eta=0.0):
+    """DDIM (Song et al. 2021, Eq. 12, sigma_t from Eq. 16 scaled by eta), with sigma_up = sigma_t / sqrt(abar_next):
+    x_next = x0 + sqrt(sigma_next^2 - sigma_up^2) eps + sigma_up z. eta = 0 is deterministic; eta = 1 is
+    ancestral sampling with beta-tilde. One noise draw per step, the last included."""
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
-    if t_prev.shape != t.shape or bool((t_prev >= t).any() | (t_prev < -1).any()):
-        raise ValueError(f"t_prev must have t's shape {tuple(t.shape)} and satisfy -1 <= t_prev < t")
-    # 1. predicted x0 (and the eps that goes with it)
-    x0_pred = diffusion.predict_x0_from_eps(x_t, t, eps)
-    if clip_x0:
-        x0_pred = x0_pred.clamp(-1.0, 1.0)
-        eps = diffusion.predict_eps_from_x0(x_t, t, x0_pred)
-    # 2. the noise level sigma of Eq. (16), scaled by eta
-    abar = extract(diffusion.alphas_cumprod, t, x_t.shape)
-    abar_prev = _alphas_cumprod_prev(diffusion, t_prev, x_t.shape)
-    sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()
-    # 3. Eq. (12): predicted x0, direction pointing to x_t, random noise
-    direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
-    x_prev = abar_prev.sqrt() * x0_pred + direction
-    if eta > 0:
-        if noise is None:
-            noise = randn(x_t.shape, x_t.device, generator)
-        x_prev = x_prev + sigma * noise
-    return x_prev, x0_pred
+    for sigma, sigma_next in level_pairs(levels):
+        x0, eps, _ = denoise(x, sigma)
+        z = _noise(x, generator)
+        sigma_up = eta * sigma_next * (1 - sigma_next**2 / sigma**2) ** 0.5
+        x = x0 + max(sigma_next**2 - sigma_up**2, 0.0) ** 0.5 * eps + (sigma_up * z if eta > 0 else 0)
+    return x
 
 
-def dpm_solver_step(diffusion, x0_pred, t, t_prev, x_t, previous=None):
-    """One DPM-Solver++(2M) step x_t -> x_{t_prev} in the data-prediction form (Lu et al. 2022, Algorithm 2).
-
-    With alpha = sqrt(abar), sigma = sqrt(1 - abar) and lambda = log(alpha / sigma), h = lambda_prev - lambda_t:
-        x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (exp(-h) - 1) D,
-    where D = x0_pred on the first step (first order: exactly DDIM with eta = 0) and afterwards
-    D = (1 + 1 / (2r)) x0_pred - 1 / (2r) x0_pred_before, r = h_before / h (second order, using the
-    previous step's prediction: `previous` = (x0_pred_before, h_before)). The last step (t_prev = -1,
-    sigma = 0) returns x0_pred (first order). Returns (x_prev, (x0_pred, h)) to pass on as `previous`.
-    """
-    abar = extract(diffusion.alphas_cumprod, t, x_t.shape).double()
-    abar_prev = _alphas_cumprod_prev(diffusion, t_prev, x_t.shape).double()
-    if bool((t_prev < 0).all()):
-        return x0_pred, None  # sigma_prev = 0: the ODE's end point is the predicted data
-    lam, lam_prev = 0.5 * torch.log(abar / (1 - abar)), 0.5 * torch.log(abar_prev / (1 - abar_prev))
-    h = lam_prev - lam
-    D = x0_pred.double()
-    if previous is not None:
-        x0_before, h_before = previous
-        r = h_before / h
-        D = (1 + 1 / (2 * r)) * D - 1 / (2 * r) * x0_before.double()
-    x_prev = ((1 - abar_prev) / (1 - abar)).sqrt() * x_t.double() - abar_prev.sqrt() * torch.expm1(-h) * D
-    return x_prev.to(x_t.dtype), (x0_pred, h)
+def euler(denoise, x, levels, generator):
+    """Euler's method on the probability-flow ODE dx / dsigma = eps (Karras et al. 2022, Eq. 3 and Algorithm 1
+    without its correction): x_next = x + (sigma_next - sigma) eps. For any model this is DDIM with eta = 0."""
+    for sigma, sigma_next in level_pairs(levels):
+        x = x + (sigma_next - sigma) * denoise(x, sigma).eps
+    return x
 
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
+def heun(denoise, x, levels, generator):
+    """Heun's second-order method (Karras et al. 2022, Algorithm 1, no churn): an Euler step, then the
+    average of the slopes at both ends; the last step (to sigma = 0) is plain Euler. 2N - 1 evaluations."""
+    for sigma, sigma_next in level_pairs(levels):
+        d = denoise(x, sigma).eps  # Algorithm 1, line 4: d_i = (x_i - D(x_i; sigma_i)) / sigma_i
+        x_next = x + (sigma_next - sigma) * d  # line 5
+        if sigma_next > 0:  # lines 6-8: the trapezoidal correction
+            x_next = x + (sigma_next - sigma) * (d + denoise(x_next, sigma_next).eps) / 2
+        x = x_next
+    return x
 
 
-def timestep_pairs(T: int, num_steps: int | None = None) -> list[tuple[int, int]]:
-    """The (t, t_prev) pairs a sampler walks: `num_steps` evenly spaced steps from T-1 down to 0,
-    the last pair being (0, -1). `num_steps=None` means all T steps."""
-    num_steps = T if num_steps is None else num_steps
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
-        raise ValueError(f"num_steps must be an int in 1..T = 1..{T}, got {num_steps!r}")
-    ts = torch.linspace(T - 1, 0, num_steps, dtype=torch.float64).round().long().tolist()
-    return list(zip(ts, ts[1:] + [-1], strict=True))
+def euler_ancestral(denoise, x, levels, generator, eta=1.0):
+    """k-diffusion's ancestral Euler: an Euler step down to sigma_down, then fresh noise up to sigma_next, with
+    sigma_up = min(sigma_next, eta sigma_next sqrt(1 - sigma_next^2 / sigma^2)), sigma_down^2 = sigma_next^2 - sigma_up^2.
+    The same step as DDIM with this eta; eta = 1 (the default) is ancestral sampling with beta-tilde."""
+    for sigma, sigma_next in level_pairs(levels):
+        d = denoise(x, sigma).eps
+        z = _noise(x, generator)
+        sigma_up = min(sigma_next, eta * sigma_next * (1 - sigma_next**2 / sigma**2) ** 0.5)
+        sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+        x = x + (sigma_down - sigma) * d + sigma_up * z
+    return x
+
+
+def dpm_solver_pp(denoise, x, levels, generator):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), here with alpha = 1: with h = log(sigma / sigma_next),
+    x_next = (sigma_next / sigma) x - (exp(-h) - 1) D, D = x0 on the first step and the last two (first order,
+    exactly DDIM: into sigma(0), the largest log-SNR step, and then to x0: the reference's "lower_order_final"),
+    else D = (1 + 1 / (2r)) x0 - 1 / (2r) x0_before with r = h_before / h."""
+    before = None  # (x0, h) of the previous step
+    pairs = level_pairs(levels)
+    for i, (sigma, sigma_next) in enumerate(pairs):
+        x0 = denoise(x, sigma).x0
+        if sigma_next == 0:
+            return x0  # the ODE's end point is the denoised estimate
+        h = math.log(sigma / sigma_next)
+        D = x0
+        if before is not None and i < len(pairs) - 2:
+            r = before[1] / h
+            D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * before[0]
+        x = sigma_next / sigma * x - math.expm1(-h) * D
+        before = (x0, h)
+    return x
+
+
+# The seam for a new sampler: one function (denoise, x, levels, generator, **options) -> x at sigma = 0, and its name here.
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm-solver++": dpm_solver_pp, "euler": euler, "heun": heun,
+            "euler-ancestral": euler_ancestral}
+# The spacing each sampler uses unless told, chosen by the measurements in README.md ("Samplers"): evenly spaced t for the
+# first-order samplers (ahead of both others at 5-10 evaluations on the bundled model, paired), log-SNR for DPM-Solver++
+# (ahead of evenly spaced t at 10 evaluations, paired), and for Heun EDM's own "karras" (Heun diverges on evenly spaced t of
+# the cosine schedule; "karras" and "logsnr" could not be told apart).
+DEFAULT_SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpm-solver++": "logsnr", "euler": "uniform", "heun": "karras",
+                   "euler-ancestral": "uniform"}
 
 
 def _labels(y, batch: int, device) -> torch.Tensor | None:
@@ -130,44 +205,15 @@ def _device(model, diffusion) -> torch.device:
     return device
 
 
-class RespacedModel(torch.nn.Module):
-    """Calls `model` with the original timestep `timesteps[t]` for step t of a respaced chain."""
-
-    def __init__(self, model, timesteps: torch.Tensor):
-        super().__init__()
-        self.model, self.num_classes, self.config = model, getattr(model, "num_classes", None), getattr(model, "config", None)
-        self.register_buffer("timesteps", timesteps)
-
-    def forward(self, x, t, y=None):
-        return self.model(x, self.timesteps.to(t.device)[t], y)
-
-
-def respace(model, diffusion, num_steps: int):
-    """Ancestral sampling with fewer steps (Nichol & Dhariwal 2021, Section 4).
-
-    Keep alpha-bar at the `num_steps` evenly spaced timesteps that DDIM walks, and rebuild the betas
-    between them: beta'_i = 1 - abar(t_i) / abar(t_{i-1}). Returns (model', diffusion') for `sample`:
-    its ancestral DDPM loop then takes `num_steps` steps, and model' is `model` called at the
-    original timesteps. (With the posterior variance this equals DDIM with eta = 1.) Every variance
-    of the new chain, a learned one included, is computed from the new betas, as in improved-diffusion.
-    """
-    ts = sorted(t for t, _ in timestep_pairs(diffusion.num_timesteps, num_steps))
-    abar = torch.cumprod(1.0 - diffusion.betas.double().cpu(), 0)[ts]
-    betas = 1.0 - abar / torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-    device = diffusion.betas.device
-    respaced = GaussianDiffusion(betas, prediction=diffusion.prediction).to(device)
-    return RespacedModel(model, torch.tensor(ts, device=device)), respaced
-
-
 @torch.no_grad()
 def sample(
     model,
     diffusion,
     shape,
     *,
-    sampler="ddim",  # "ddpm" (ancestral), "ddim" or "dpm-solver++"
-    num_steps=50,  # steps walked; None = all T (for "ddpm": fewer than T = a respaced chain)
-    eta=0.0,  # DDIM's noise scale: 0 deterministic, 1 = the DDPM posterior; "ddim" only
+    sampler="ddim",  # a name in SAMPLERS
+    num_steps=50,  # steps walked (levels before 0); None = all T
+    eta=None,  # the noise scale of "ddim" and "euler-ancestral" (0 deterministic, 1 = DDPM's posterior); None = 0 and 1
     y=None,
     guidance_scale=1.0,
     generator=None,
@@ -175,33 +221,38 @@ def sample(
     progress=True,
     clip_x0=None,  # clip the predicted x0 to the data range [-1, 1] at every step; None = for images, not points
     variance="posterior",  # "ddpm" only: "posterior" (beta-tilde_t) or "beta" (beta_t)
-    trajectory_at=None,  # timesteps to record when return_trajectory; None = every step walked
+    trajectory_at=None,  # timesteps to record when return_trajectory; None = every level walked
     x_T=None,  # starting noise (B, C, H, W); None = drawn from `generator`
     classifier=None,  # classifier guidance: `classifier(x_t, t) -> logits`, trained on noisy x_t (needs y)
     classifier_scale=0.0,  # its scale: eps - scale sqrt(1 - abar_t) grad log p(y | x_t, t); 0 = off
+    spacing=None,  # how the levels are spread: "uniform", "karras" or "logsnr"; None = DEFAULT_SPACING[sampler]
 ):
-    """Draw samples of `shape` (B, C, H, W), or points (B, D), from the reverse process: one loop for every sampler.
+    """Draw samples of `shape` (B, C, H, W), or points (B, D): build the denoiser once, pick the levels, run the sampler.
 
-    - `sampler="ddpm"`: ancestral sampling (Ho et al. 2020, Algorithm 2) over all T steps when
-      `num_steps` is None or T, else over a chain respaced to `num_steps` (Nichol & Dhariwal 2021);
-      a model with learned variances uses them.
-    - `sampler="ddim"` (Song et al. 2021, Eq. 12): `num_steps` evenly spaced steps from T-1, with `eta`.
-    - `sampler="dpm-solver++"` (Lu et al. 2022): the 2nd-order multistep ODE solver, first order at
-      the first step and at the last two (into t = 0, whose log-SNR step is by far the largest, and
-      then to x0): extrapolating across that jump is unstable (the reference code's "lower_order_final").
+    - `sampler`: "ddpm" (ancestral, Ho et al. 2020; fewer than T steps = a respaced chain, Nichol & Dhariwal 2021;
+      a model with learned variances uses them), "ddim" (Song et al. 2021, with `eta`), "dpm-solver++" (Lu et al.
+      2022, 2nd-order multistep), "euler", "heun" (Karras et al. 2022, Algorithm 1; 2 evaluations per step but
+      the last), "euler-ancestral" (k-diffusion's). Each is a function in SAMPLERS.
+    - `num_steps` levels from sigma(T-1) ("uniform") or sigma = 80 ("karras", "logsnr") down to sigma(0), spread by
+      `spacing` (`noise_levels`), then a last step to sigma = 0.
     - `y` (int or (B,) labels) with `guidance_scale` s: eps = eps_uncond + s (eps_cond - eps_uncond).
-    - `classifier` with `classifier_scale` c > 0: classifier guidance on top (Dhariwal & Nichol 2021,
-      Eq. 14), applied to the eps every sampler uses; `guidance_scale=0` guides the unconditional model alone.
-    - whatever the model predicts (`diffusion.prediction`) is read as eps by `diffusion.read_output`.
-    Returns x_0, or (x_0, trajectory) where trajectory is a dict of CPU tensors `t` (K,) (the original
-    chain's code t), `x_t` (K, B, ...) (the input of each recorded step) and `x0_pred` (K, B, ...).
+    - `classifier` with `classifier_scale` c > 0: classifier guidance on top (Dhariwal & Nichol 2021, Eq. 14);
+      `guidance_scale=0` guides the unconditional model alone.
+    Returns x_0, or (x_0, trajectory) where trajectory is a dict of CPU tensors `t` (K,) (code t: integer, or
+    fractional between timesteps for "karras" and "logsnr"), `x_t` (K, B, ...) (what the model saw at each level)
+    and `x0_pred` (K, B, ...).
     """
     if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
     if len(shape) not in (2, 4):
         raise ValueError(f"shape must be (B, C, H, W) (images) or (B, D) (points), got {tuple(shape)}")
-    if sampler != "ddim" and eta not in (None, 0, 0.0):
-        raise ValueError(f"eta={eta} is DDIM's noise scale; use sampler='ddim' (or eta=0 with {sampler!r})")
+    accepted, options = inspect.signature(SAMPLERS[sampler]).parameters, {}
+    for name, value, neutral in (("eta", eta, 0), ("variance", variance, "posterior")):
+        if value is not None and name in accepted:
+            options[name] = value
+        elif value not in (None, neutral):
+            raise ValueError(f"{name}={value!r} is not an option of sampler {sampler!r} (its options: "
+                             f"{', '.join(list(accepted)[4:]) or 'none'})")
     if clip_x0 is None:
         clip_x0 = len(shape) == 4  # images live in [-1, 1]; points (notebook 10) anywhere
     if classifier_scale and classifier is None:
@@ -210,51 +261,30 @@ def sample(
     if classifier_scale and trained_on and diffusion.schedule and trained_on != diffusion.schedule:
         raise ValueError(f"the classifier was trained on x_t of schedule {trained_on}, but the diffusion has {diffusion.schedule}")
     device = _device(model, diffusion)
-    original_t = None  # respaced "ddpm": step i of the new chain is original timestep original_t[i]
-    if sampler == "ddpm" and num_steps not in (None, diffusion.num_timesteps):
-        timestep_pairs(diffusion.num_timesteps, num_steps)  # checks num_steps
-        model, diffusion = respace(model, diffusion, num_steps)
-        original_t, num_steps = model.timesteps.tolist(), None
-    pairs = timestep_pairs(diffusion.num_timesteps, num_steps)
+    levels = noise_levels(diffusion, num_steps, spacing or DEFAULT_SPACING[sampler])
     y = _labels(y, shape[0], device)
     if y is None and guidance_scale != 1:
         raise ValueError(f"guidance_scale={guidance_scale} needs class labels y")
     if y is None and classifier_scale:
         raise ValueError(f"classifier_scale={classifier_scale} needs class labels y (the class to guide towards)")
-    classify = classifier if not original_t else (lambda x, t: classifier(x, model.timesteps[t]))  # noqa: E731
-    null_label = getattr(model, "num_classes", None)
+    walked = {round(diffusion.t_at(s)) for s in levels[:-1].tolist()}
+    trace_at = None if trajectory_at is None else set(trajectory_at)
+    if return_trajectory and trace_at is not None and not trace_at & walked:
+        raise ValueError(f"trajectory_at={trajectory_at!r} contains none of the timesteps walked")
 
     x = randn(shape, device, generator) if x_T is None else x_T.to(device)
     if x.shape != tuple(shape):
         raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x.shape)}")
-    original = (lambda t: original_t[t]) if original_t else (lambda t: t)  # noqa: E731
-    walked = {original(t) for t, _ in pairs}
-    record = walked if trajectory_at is None else set(trajectory_at) & walked
-    if return_trajectory and not record:
-        raise ValueError(f"trajectory_at={trajectory_at!r} contains none of the timesteps walked")
-    traj, previous = {"t": [], "x_t": [], "x0_pred": []}, None
-    for t_int, t_prev_int in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
-        t = torch.full((shape[0],), t_int, device=device, dtype=torch.long)
-        t_prev = torch.full_like(t, t_prev_int)
-        output = model(x, t, None) if y is None else guided_eps(model, x, t, y, guidance_scale, null_label)
-        eps, _, log_var = diffusion.read_output(output, x, t)
-        if classifier_scale:
-            eps = classifier_guided_eps(classify, x, t, y, eps, classifier_scale, diffusion)
-        noise = randn(shape, device, generator)  # drawn at every step, so all samplers share one stream
-        if sampler == "ddpm":
-            x_prev, x0_pred = ddpm_step(diffusion, eps, t, x, noise, variance, clip_x0, log_var=log_var)
-        elif sampler == "ddim":
-            x_prev, x0_pred = ddim_step(diffusion, eps, t, t_prev, x, eta or 0.0, noise, clip_x0)
-        else:
-            x0_pred = diffusion.predict_x0_from_eps(x, t, eps)
-            x0_pred = x0_pred.clamp(-1.0, 1.0) if clip_x0 else x0_pred
-            final = t_prev_int <= 0  # first order into t = 0 (and then to x0): the last log-SNR step is the largest
-            x_prev, previous = dpm_solver_step(diffusion, x0_pred, t, t_prev, x, None if final else previous)
-        if return_trajectory and original(t_int) in record:
-            traj["t"].append(original(t_int))
-            traj["x_t"].append(x.cpu())
-            traj["x0_pred"].append(x0_pred.cpu())
-        x = x_prev
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # the sampler's arithmetic (MPS has no float64)
+    x = x.to(dtype) * (1 + levels[0].item() ** 2) ** 0.5  # x_T / sqrt(abar) at the first level: the sampler's x
+    trace = {} if return_trajectory else None
+    with progress_bar(len(levels) - 1, progress) as bar:
+        denoise = make_denoiser(model, diffusion, y=y, guidance_scale=guidance_scale, classifier=classifier,
+                                classifier_scale=classifier_scale, clip_x0=clip_x0, trace=trace, trace_at=trace_at,
+                                bar=bar)
+        x = SAMPLERS[sampler](denoise, x, levels, generator, **options).float()
     if not return_trajectory:
         return x
-    return x, {"t": torch.tensor(traj["t"]), "x_t": torch.stack(traj["x_t"]), "x0_pred": torch.stack(traj["x0_pred"])}
+    ts, x_ts, x0s = zip(*trace.values(), strict=True)
+    t = torch.tensor(ts)
+    return x, {"t": t.long() if bool((t == t.round()).all()) else t, "x_t": torch.stack(x_ts), "x0_pred": torch.stack(x0s)}

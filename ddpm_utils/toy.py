@@ -53,17 +53,23 @@ class IdealDenoiser(nn.Module):
             raise ValueError(f"data must have shape (N, C, H, W), got {tuple(data.shape)}")
         self.register_buffer("alphas_cumprod", diffusion.alphas_cumprod.double())
         self.register_buffer("data", data.double())
+        self.alpha_sigma = diffusion.alpha_sigma  # for a fractional t (samplers' "karras" and "logsnr" levels)
+
+    def _abar(self, t) -> torch.Tensor:
+        if t.dtype.is_floating_point and bool((t != t.round()).any()):
+            return self.alpha_sigma(t)[0].double() ** 2
+        return self.alphas_cumprod[t.long()]
 
     def x0_weights(self, x, t) -> torch.Tensor:
         """Posterior probability of each data image given x_t: (B, N)."""
-        abar = self.alphas_cumprod[t].view(-1, 1)  # (B, 1)
+        abar = self._abar(t).view(-1, 1)  # (B, 1)
         xf, df = x.double().flatten(1), self.data.flatten(1)  # (B, D), (N, D)
         # ||x_t - sqrt(abar) x0||^2 for every pair, expanded so no (B, N, D) tensor is built
         sq_dist = (xf**2).sum(1, keepdim=True) - 2 * abar.sqrt() * (xf @ df.T) + abar * (df**2).sum(1)  # (B, N)
         return (-sq_dist / (2 * (1 - abar))).softmax(dim=1)
 
     def forward(self, x, t, y=None):
-        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        abar = self._abar(t).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         x0 = torch.einsum("bn,nchw->bchw", self.x0_weights(x, t), self.data)  # E[x0 | x_t]
         return ((x.double() - abar.sqrt() * x0) / (1 - abar).sqrt()).to(x.dtype)
 

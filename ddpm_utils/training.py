@@ -59,9 +59,9 @@ class TrainConfig:
     data_source: str = "auto"  # MNIST's source: "auto", "torchvision" or "bundled" (data.load_mnist)
     dataset: str = "mnist"  # "mnist", "fashion-mnist", "cifar10" or "folder" (data.load_dataset)
     data_dir: str = ""  # "folder": the folder or .zip of images; others: torchvision's data folder ("" = the default)
-    image_size: int = 0  # train at this size in pixels (0 = the data's own: 28 digits, 32 CIFAR-10, 64 folders)
+    image_size: int = 0  # train at this size in pixels (0 = the data set's own: data.DATASETS)
     channels: int = 0  # folders: 1 (grayscale) or 3 (RGB); 0 = RGB unless every image is grayscale
-    hflip: bool | None = None  # random horizontal flips of the training images (None = on for CIFAR-10 and folders)
+    hflip: bool | None = None  # random horizontal flips of the training images (None = the data set's own: data.DATASETS)
     val_every: int = 0  # validation loss on held-out images every this many steps (0 = off)
     seed: int = 0  # seeds the data order, the noise and the initial weights
     prediction: str = "eps"  # what the UNet predicts: "eps" (Ho et al. 2020), "x0", or "v" (Salimans & Ho 2022)
@@ -81,7 +81,7 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.p_uncond <= 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) and p_uncond in [0, 1], got {self.ema_decay}, {self.p_uncond}")
         if self.prediction not in PREDICTIONS or self.loss_weighting not in WEIGHTINGS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS} and loss_weighting one of {WEIGHTINGS}, "
+            raise ValueError(f"prediction must be one of {tuple(PREDICTIONS)} and loss_weighting one of {WEIGHTINGS}, "
                              f"got {self.prediction!r} and {self.loss_weighting!r}")
         if not self.hybrid_lambda >= 0:
             raise ValueError(f"hybrid_lambda must be >= 0, got {self.hybrid_lambda}")
@@ -90,7 +90,7 @@ class TrainConfig:
         if {"image_size", "in_channels"} & set(self.unet):
             raise ValueError("the image size and channels come from the data: set TrainConfig.image_size / channels, not unet[...]")
         if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+            raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
         if self.dataset == "folder" and not self.data_dir:
             raise ValueError("dataset 'folder' needs data_dir: a folder of images (class sub-folders = labels) or a .zip of one")
         if self.val_every < 0 or self.image_size < 0 or self.channels not in (0, 1, 3):
@@ -264,7 +264,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
     if config.val_every:
         val_sets = [fixed_subset(dataset, seed=config.seed), fixed_subset(load_data(config, train=False), seed=config.seed)]
         val_sets = [(x, y if dataset.num_classes else None) for x, y in val_sets]
-    hflip = config.hflip if config.hflip is not None else config.dataset in ("cifar10", "folder")
+    hflip = config.hflip if config.hflip is not None else DATASETS[config.dataset].hflip
     torch.manual_seed(config.seed)  # the initial weights
 
     unet = {"image_size": dataset.image_size, "in_channels": dataset.channels, "num_classes": dataset.num_classes,

@@ -43,7 +43,12 @@ def bad_inputs(run, tmp_path):
         "unknown command": (["paint"], "invalid choice: 'paint'"),
         "not a number": (["train", "--out", str(tmp_path), "--batch-size", "abc"], "invalid int value: 'abc'"),
         "unknown preset": (["train", "--out", str(tmp_path), "--preset", "huge"], "invalid choice: 'huge'"),
-        "unknown sampler": (["sample", "--sampler", "euler", "--out", "x.png"], "invalid choice: 'euler'"),
+        "unknown sampler": (["sample", "--sampler", "lms", "--out", "x.png"], "invalid choice: 'lms'"),
+        "unknown spacing": (["sample", "--spacing", "even", "--out", "x.png"], "invalid choice: 'even'"),
+        "--steps 0 with heun": (["sample", "--sampler", "heun", "--steps", "0", "--out", "x.png"],
+                                "--steps 0 means all T steps of ancestral DDPM, not --sampler heun"),
+        "--ancestral with heun": (["evaluate", "--sampler", "heun", "--ancestral", "--num", "10"],
+                                  "--ancestral is the same as --sampler ddpm"),
         "unknown amp": (["train", "--out", str(tmp_path), "--amp", "fp8"], "invalid choice: 'fp8'"),
         "zero steps": (["train", "--out", str(tmp_path), "--max-steps", "0"], "max_steps must be >= 1"),
         "nothing to resume": (["train", *tiny, "--out", str(tmp_path / "none"), "--resume"], "no checkpoint file"),
@@ -93,3 +98,21 @@ def test_sample_with_classifier_guidance_writes_a_grid(tmp_path, capsys):
     assert main(["sample", "--steps", "2", "--num", "2", "--guidance-scale", "0", "--classifier-scale", "3", "--device", "cpu",
                  "--out", str(out)]) == 0
     assert out.stat().st_size > 0 and "wrote" in capsys.readouterr().out
+
+
+def test_sample_with_heun_and_a_spacing_writes_a_grid(tmp_path, capsys):
+    out = tmp_path / "heun.png"
+    assert main(["sample", "--sampler", "heun", "--spacing", "logsnr", "--steps", "2", "--num", "2", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and "wrote" in capsys.readouterr().out
+
+
+def test_compare_samplers_exact_prints_every_sampler_and_spacing(capsys, monkeypatch):
+    from ddpm_utils import sampler_study
+
+    monkeypatch.setattr(sampler_study, "ode_errors", lambda nfes: [
+        {"sampler": s, "spacing": sp, "steps": n, "evaluations": n, "error": 1.0 / n} for s in ("euler", "heun")
+        for sp in ("uniform", "karras") for n in nfes])
+    assert main(["compare-samplers", "--exact", "--nfe", "10,20"]) == 0
+    out = capsys.readouterr().out
+    assert "heun          karras" in out and "1.00" in out  # order 1 for error ~ 1/n

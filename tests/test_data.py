@@ -177,3 +177,23 @@ def test_mnist_resized_keeps_its_labels():
     ds = data.load_dataset("mnist", source="bundled", image_size=32)
     assert ds.images.shape == (4500, 1, 32, 32) and ds.num_classes == 10 and ds.image_size == 32
     assert torch.equal(ds.labels, load_mnist(source="bundled").labels)
+
+
+def test_a_new_torchvision_set_is_one_row_and_one_entry(tmp_path, monkeypatch, capsys):
+    """CONTRIBUTING.md's data seam: KMNIST (idx files, like MNIST) added as a row of TORCHVISION and an entry of
+    DATASETS loads through torchvision's own class, with its class names, flips off and 28 px by default."""
+    monkeypatch.setitem(data.TORCHVISION, "kmnist", data.TorchvisionSet("KMNIST", "KMNIST/raw", "the four idx files", True))
+    monkeypatch.setitem(data.DATASETS, "kmnist", data.DataSet(data._load_torchvision("kmnist"), 28, False))
+    (x, y), _ = _fake_idx_set(tmp_path / "KMNIST" / "raw", gz=True)
+    ds = data.load_dataset("kmnist", root=tmp_path)
+    assert "kmnist: torchvision KMNIST" in capsys.readouterr().out
+    assert torch.equal(ds.images[:, 0], x) and torch.equal(ds.labels, y) and ds.class_names[0] == "o"  # KMNIST's first class
+    assert ds.info()["name"] == "kmnist"
+
+
+def test_the_data_set_table_sets_the_defaults():
+    assert not data.DATASETS["mnist"].hflip and not data.DATASETS["fashion-mnist"].hflip
+    assert data.DATASETS["cifar10"].hflip and data.DATASETS["folder"].hflip
+    assert {name: entry.image_size for name, entry in data.DATASETS.items()} == {"mnist": 28, "fashion-mnist": 28, "cifar10": 32,
+                                                                                 "folder": 64}
+    assert [name for name, row in data.TORCHVISION.items() if not row.idx] == ["cifar10"]

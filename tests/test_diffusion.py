@@ -362,3 +362,32 @@ def test_objective_bad_values_raise_clear_errors(diffusion):
         diffusion.training_loss(LinearEps(100), x0, hybrid_lambda=-0.1)
     with pytest.raises(ValueError, match="\\(or 2 channels with learned variances\\), got \\(2, 3, 4, 4\\)"):
         diffusion.training_loss(lambda x, t, y=None: x.repeat(1, 3, 1, 1), x0)  # a 3-channel head on 1-channel images
+
+
+def test_v_turns_into_eps_by_a_rotation_accurate_at_both_ends():
+    """eps = sigma x_t + alpha v never divides: float32 keeps eps to about 1e-6 even at code t = 0 and T-1, where going
+    through x0 (a division by sqrt(1 - abar) or sqrt(abar)) lost 1e-5 and more."""
+    d = GaussianDiffusion.from_schedule("cosine", 1000, prediction="v")
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0, 1, 500, 998, 999])
+    x0, noise = torch.randn(5, 1, 8, 8, generator=g), torch.randn(5, 1, 8, 8, generator=g)
+    x_t = d.q_sample(x0, t, noise)
+    eps, x0_back = d.eps_and_x0(d.training_target(x0, t, noise), x_t, t)
+    assert (eps - noise).abs().max() < 1e-5 and (x0_back - x0).abs().max() < 1e-5
+
+
+def test_every_prediction_is_one_table_entry():
+    from ddpm_utils.diffusion import PREDICTIONS
+
+    a, s = torch.tensor(0.6), torch.tensor(0.8)  # alpha^2 + sigma^2 = 1
+    x0, eps = torch.randn(3, 2), torch.randn(3, 2)
+    x_t = a * x0 + s * eps
+    for name, p in PREDICTIONS.items():
+        eps_back, x0_back = p.to_eps_x0(p.target(x0, eps, a, s), x_t, a, s)
+        torch.testing.assert_close(eps_back, eps, msg=name)
+        torch.testing.assert_close(x0_back, x0, msg=name)
+        # the loss scale: the target's error for a given x0 error at the same x_t, over that x0 error squared
+        dx0 = 0.01 * torch.randn(3, 2)
+        d_eps = -a / s * dx0  # the eps that goes with x0 + dx0 at the same x_t
+        err = (p.target(x0 + dx0, eps + d_eps, a, s) - p.target(x0, eps, a, s)).square().sum() / dx0.square().sum()
+        torch.testing.assert_close(err, p.error_scale(a**2 / s**2), msg=name)

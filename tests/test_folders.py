@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from ddpm_utils import data
-from ddpm_utils.folders import folder_transform, write_tinted_digits
+from ddpm_utils.data import write_tinted_digits
+from ddpm_utils.folders import folder_transform
 
 
 def _save(path, mode, size, colour):

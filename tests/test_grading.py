@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from ddpm_utils.__main__ import main
-from ddpm_utils.exercises import BEGIN, _dumps, make_exercise
+from ddpm_utils.exercises import make_exercise
 from ddpm_utils.grading import CHECK, POINTS, lessons, make_course, with_metadata
+from ddpm_utils.notebook import BEGIN, dumps
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = lessons(ROOT / "notebooks")
@@ -32,7 +33,7 @@ def _code(cells):
 @pytest.mark.parametrize("path", LESSONS, ids=[p.name for p in LESSONS])
 def test_committed_metadata_is_what_the_markers_say(path):
     """`python -m ddpm_utils exercises` writes the metadata; a lesson edited since must be regenerated."""
-    assert _dumps(with_metadata(json.loads(path.read_text()))) == path.read_text(), \
+    assert dumps(with_metadata(json.loads(path.read_text()))) == path.read_text(), \
         f"{path.name}: run `python -m ddpm_utils exercises` to update its nbgrader metadata"
 
 

@@ -9,7 +9,7 @@ from helpers import weights_equal
 
 from ddpm_utils.__main__ import main
 from ddpm_utils.checkpoints import load_checkpoint
-from ddpm_utils.folders import write_tinted_digits
+from ddpm_utils.data import write_tinted_digits
 from ddpm_utils.samplers import sample
 from ddpm_utils.training import TrainConfig, fixed_grid_loss, train
 

@@ -99,7 +99,7 @@ def test_bundled_data_is_packaged():
 
 
 def test_design_api_signatures():
-    """The public names and signatures that notebooks, tests and docs rely on (DESIGN.md)."""
+    """The public names and signatures that notebooks, tests and docs rely on (CONTRIBUTING.md, "Stable names")."""
     expected = {
         "linear_betas": ["T", "beta_start", "beta_end"],
         "cosine_betas": ["T", "s", "max_beta"],
@@ -143,3 +143,27 @@ def test_wheel_holds_the_assets_the_licences_and_the_ddpm_command(tmp_path):
     script = Path(sys.executable).parent / "ddpm"  # installed by `pip install -e .[test]` (requirements.txt)
     out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True).stdout
     assert out.strip() == f"ddpm_utils {ddpm_utils.__version__}"
+
+
+def test_the_package_has_no_import_cycles():
+    """No module imports, at the top or inside a function, a module that imports it back (directly or through
+    others): data/folders and exercises/grading once did. `__main__` and `__init__` are the roots, left out."""
+    import ast
+
+    graph = {}
+    for path in (ROOT / "ddpm_utils").glob("*.py"):
+        if path.stem in ("__main__", "__init__"):
+            continue
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                imported.add(node.module.split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported.update(alias.name for alias in node.names)
+        graph[path.stem] = imported - {"__init__"}
+
+    def reaches(start, target, seen=()):
+        return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph.get(start, ()))
+
+    cycles = sorted(m for m in graph if reaches(m, m))
+    assert not cycles, f"modules in an import cycle: {cycles}"

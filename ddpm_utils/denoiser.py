@@ -1,0 +1,77 @@
+"""One denoiser, built once: the network, guidance and what it predicts, seen as D(x, sigma) -> (x0, eps).
+
+Every sampler calls only this (Karras et al. 2022, Sec. 2: "the denoiser D"). It works in their noise-level
+parameterisation: at level sigma the sampler's x is x_t / alpha = x0 + sigma eps, with alpha = sqrt(abar) =
+1 / sqrt(1 + sigma^2), so that the probability-flow ODE reads dx / dsigma = (x - D(x; sigma)) / sigma = eps.
+Inside, the network is called as it was trained:
+
+1. x_t = alpha x and t = diffusion.t_at(sigma) (an integer on the schedule's own levels, else fractional);
+2. classifier-free guidance on the output (`guided_eps`), which then reads as (eps, x0) (`PREDICTIONS`);
+3. classifier guidance on eps (`classifier_guided_eps`), and x0 from the guided eps;
+4. x0 clipped to [-1, 1] if asked, and eps recomputed to match it: eps = (x - x0) / sigma.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from .diffusion import PREDICTIONS, split_output
+from .guidance import classifier_guided_eps, guided_eps
+
+
+class Denoised(NamedTuple):
+    x0: torch.Tensor  # the denoised estimate D(x; sigma), x's shape
+    eps: torch.Tensor  # (x - x0) / sigma: the ODE's direction dx / dsigma
+    var_frac: torch.Tensor | None  # a learned variance's interpolation weight in [0, 1] (Nichol & Dhariwal Eq. 15), or None
+
+
+def make_denoiser(model, diffusion, *, y=None, guidance_scale=1.0, classifier=None, classifier_scale=0.0, clip_x0=False,
+                  trace=None, trace_at=None, bar=None):
+    """D(x, sigma) -> Denoised(x0, eps, var_frac) for `model` on `diffusion` (the module docstring's four stages).
+
+    `trace`: a dict; a call at a level whose rounded t is in `trace_at` (None: every level) stores
+    (t, x_t, x0) under its sigma, so the last call at each level is kept: the trajectory.
+    `bar`: a tqdm bar (`progress_bar`) advanced once per new level.
+    """
+    null_label = getattr(model, "num_classes", None)
+    seen = set()
+
+    def denoise(x: torch.Tensor, sigma: float) -> Denoised:
+        alpha = (1 + sigma**2) ** -0.5
+        t_level = diffusion.t_at(sigma)
+        t = torch.full((x.shape[0],), t_level, device=x.device)
+        t = t.long() if float(t_level).is_integer() else t  # integer t where the model was trained
+        x_t = (alpha * x).float()  # 1.
+        try:
+            output = model(x_t, t, None) if y is None else guided_eps(model, x_t, t, y, guidance_scale, null_label)  # 2.
+        except IndexError as err:
+            if t.dtype.is_floating_point:  # a model that looks up its schedule by t, at a level between two timesteps
+                raise ValueError(f"the model was called at the fractional t = {t_level:.3f} (the 'karras' and 'logsnr' "
+                                 "spacings put levels between timesteps) and failed to index with it; look schedules up with "
+                                 "diffusion.alpha_sigma(t), or sample with spacing='uniform'") from err
+            raise
+        prediction, var_interp = split_output(output, x_t)
+        eps, x0 = PREDICTIONS[diffusion.prediction].to_eps_x0(prediction.to(x.dtype), alpha * x, alpha, sigma * alpha)
+        if classifier_scale:  # 3.
+            eps = classifier_guided_eps(classifier, x_t, t, y, eps.float(), classifier_scale, diffusion).to(x.dtype)
+            x0 = x - sigma * eps
+        if clip_x0:  # 4.
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x - x0) / sigma
+        if trace is not None and (trace_at is None or round(t_level) in trace_at):
+            trace[sigma] = (t_level, x_t.cpu(), x0.float().cpu())
+        if bar is not None and sigma not in seen:
+            seen.add(sigma)
+            bar.update(1)
+        var_frac = None if var_interp is None else (var_interp.to(x.dtype) + 1) / 2
+        return Denoised(x0, eps, var_frac)
+
+    return denoise
+
+
+def progress_bar(total: int, enabled: bool):
+    """A bar over the noise levels a sampler walks."""
+    return tqdm(total=total, desc="sampling", disable=not enabled, leave=False)
