@@ -211,7 +211,7 @@ DATASETS = {
 
 def load_dataset(name: str, train: bool = True, *, root=None, image_size: int | None = None, source: str = "auto",
                  channels: int | None = None) -> ImageTensors:
-    """A data set by name (a key of DATASETS: "mnist", "fashion-mnist", "cifar10", "folder"), train or test split.
+    """A data set by name (a key of DATASETS), train or test split.
 
     root: torchvision's data folder (default `default_root()`), or for "folder" the folder or .zip
     of images (required). image_size: resize to this (default: the entry's, 28 for the digits, 32 for CIFAR-10,

@@ -57,14 +57,14 @@ class TrainConfig:
     sample_steps: int = 50  # DDIM steps for the sample grids
     num_workers: int = 0  # DataLoader worker processes
     data_source: str = "auto"  # MNIST's source: "auto", "torchvision" or "bundled" (data.load_mnist)
-    dataset: str = "mnist"  # "mnist", "fashion-mnist", "cifar10" or "folder" (data.load_dataset)
+    dataset: str = "mnist"  # the data set to train on, by name (data.DATASETS, read by load_dataset)
     data_dir: str = ""  # "folder": the folder or .zip of images; others: torchvision's data folder ("" = the default)
     image_size: int = 0  # train at this size in pixels (0 = the data set's own: data.DATASETS)
     channels: int = 0  # folders: 1 (grayscale) or 3 (RGB); 0 = RGB unless every image is grayscale
     hflip: bool | None = None  # random horizontal flips of the training images (None = the data set's own: data.DATASETS)
     val_every: int = 0  # validation loss on held-out images every this many steps (0 = off)
     seed: int = 0  # seeds the data order, the noise and the initial weights
-    prediction: str = "eps"  # what the UNet predicts: "eps" (Ho et al. 2020), "x0", or "v" (Salimans & Ho 2022)
+    prediction: str = "eps"  # what the UNet predicts: a name in diffusion.PREDICTIONS (notebook 09)
     learned_variance: bool = False  # also learn the reverse variance, trained with L_hybrid (Nichol & Dhariwal 2021)
     loss_weighting: str = "none"  # "none" (plain squared error of the target) or "min-snr" (Hang et al. 2023, gamma 5)
     hybrid_lambda: float = 0.001  # lambda in L_hybrid = L_simple + lambda L_vlb (with learned_variance only)

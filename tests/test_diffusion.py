@@ -1,10 +1,12 @@
 import math
+import re
 
 import pytest
 import torch
 from helpers import LinearEps, predicting
 
 from ddpm_utils.diffusion import (
+    PREDICTIONS,
     GaussianDiffusion,
     discretized_gaussian_log_likelihood,
     extract,
@@ -238,7 +240,7 @@ def test_bound_of_a_perfect_denoiser_on_two_points_pays_one_bit_per_image():
 
 
 # ----- what the network predicts, learned variances, loss weighting ----------------------------
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_every_target_converts_back_to_eps_and_x0_at_every_t(diffusion, prediction):
     d = GaussianDiffusion(diffusion.betas.double(), prediction=prediction)
     T = d.num_timesteps
@@ -268,7 +270,7 @@ def test_eps_to_x0_to_v_to_eps_round_trip(diffusion):
 def test_the_three_targets_have_zero_loss_for_an_exact_model(diffusion, weighting):
     x0, noise = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
     t = torch.randint(0, 100, (8,), generator=torch.Generator().manual_seed(0))
-    for prediction in ("eps", "x0", "v"):
+    for prediction in PREDICTIONS:
         d = GaussianDiffusion(diffusion.betas.double(), prediction=prediction)
         exact = lambda x_t, t_, y=None, d=d: d.training_target(x0, t_, noise)  # noqa: E731
         assert d.training_loss(exact, x0, t=t, noise=noise, loss_weighting=weighting).item() < 1e-10
@@ -283,19 +285,19 @@ def test_min_snr_weights_the_same_x0_error_the_same_for_every_target(diffusion):
     x0, noise, delta = torch.randn(B, 1, 4, 4), torch.randn(B, 1, 4, 4), 0.1 * torch.randn(B, 1, 4, 4)
     t = torch.tensor([0, 5, 20, 50, 80, 99])
     losses = {}
-    for prediction in ("eps", "x0", "v"):
+    for prediction in PREDICTIONS:
         d = GaussianDiffusion(diffusion.betas.double(), prediction=prediction)
 
-        def off_by_delta(x_t, t_, y=None, d=d, prediction=prediction):
+        def off_by_delta(x_t, t_, y=None, d=d):
             x0_hat = x0 + delta  # the same wrong x0 at the same x_t, in the target's own form
             eps_hat = d.predict_eps_from_x0(x_t, t_, x0_hat)
-            return {"eps": eps_hat, "x0": x0_hat, "v": d.v_target(x0_hat, t_, eps_hat)}[prediction]
+            return d.training_target(x0_hat, t_, eps_hat)  # in the target's own form
 
         losses[prediction] = {w: d.training_loss(off_by_delta, x0, t=t, noise=noise, loss_weighting=w).item()
                               for w in ("none", "min-snr")}
     snr = diffusion.snr(t).double().view(-1, 1, 1, 1)
     expected = (snr.clamp(max=5) * delta.double() ** 2).flatten(1).mean(1).mean().item()
-    for prediction in ("eps", "x0", "v"):
+    for prediction in PREDICTIONS:
         assert losses[prediction]["min-snr"] == pytest.approx(expected, rel=2e-3), prediction
     assert losses["x0"]["none"] == pytest.approx((delta**2).mean().item(), rel=1e-4)
     assert losses["eps"]["none"] == pytest.approx((snr * delta.double() ** 2).flatten(1).mean(1).mean().item(), rel=2e-3)
@@ -353,7 +355,7 @@ def test_the_bound_of_an_ideal_model_does_not_depend_on_what_it_predicts(predict
 
 
 def test_objective_bad_values_raise_clear_errors(diffusion):
-    with pytest.raises(ValueError, match="prediction must be one of \\('eps', 'x0', 'v'\\), got 'score'"):
+    with pytest.raises(ValueError, match=re.escape(f"prediction must be one of {tuple(PREDICTIONS)}, got 'score'")):
         GaussianDiffusion(diffusion.betas.double(), prediction="score")
     x0 = torch.zeros(2, 1, 4, 4)
     with pytest.raises(ValueError, match="loss_weighting must be one of"):
@@ -377,8 +379,6 @@ def test_v_turns_into_eps_by_a_rotation_accurate_at_both_ends():
 
 
 def test_every_prediction_is_one_table_entry():
-    from ddpm_utils.diffusion import PREDICTIONS
-
     a, s = torch.tensor(0.6), torch.tensor(0.8)  # alpha^2 + sigma^2 = 1
     x0, eps = torch.randn(3, 2), torch.randn(3, 2)
     x_t = a * x0 + s * eps
