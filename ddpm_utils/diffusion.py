@@ -32,6 +32,7 @@ level, fractional between two timesteps) and `alpha_sigma(t)` (integer or fracti
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -215,12 +216,14 @@ class GaussianDiffusion(nn.Module):
     def t_at(self, sigma: float) -> float:
         """The code t whose noise level is `sigma`: log sigma interpolated linearly between neighbouring
         timesteps (as k-diffusion does), so a level of the table gives its integer t exactly."""
-        log_sigmas = self.sigmas.log().cpu()
-        if not log_sigmas[0] <= math.log(sigma) <= log_sigmas[-1]:
-            raise ValueError(f"sigma={sigma:g} lies outside this schedule's range {log_sigmas[0].exp():.4g}..{log_sigmas[-1].exp():.4g}")
-        hi = int(torch.searchsorted(log_sigmas, torch.tensor(math.log(sigma), dtype=torch.float64)).clamp(1, len(log_sigmas) - 1))
-        w = (math.log(sigma) - log_sigmas[hi - 1]) / (log_sigmas[hi] - log_sigmas[hi - 1])
-        return hi - 1 + float(w)
+        sigmas = self.sigmas.tolist()
+        if not sigmas[0] <= sigma <= sigmas[-1]:
+            raise ValueError(f"sigma={sigma:g} lies outside this schedule's range {sigmas[0]:.4g}..{sigmas[-1]:.4g}")
+        hi = bisect.bisect_left(sigmas, sigma)
+        if sigmas[hi] == sigma:
+            return float(hi)  # one of the schedule's own levels: its integer t, exactly
+        lo_log, hi_log = math.log(sigmas[hi - 1]), math.log(sigmas[hi])
+        return hi - 1 + (math.log(sigma) - lo_log) / (hi_log - lo_log)
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sqrt(abar_t), sqrt(1 - abar_t)) at code t (B,), each (B,): integer t looks up the table, a fractional t
