@@ -12,7 +12,7 @@
 
 `sample` builds one denoiser (`denoiser.make_denoiser`) and the levels (`noise_levels`), and runs one function
 of SAMPLERS over them. To add a sampler, write one function (denoise, x, levels, generator, **options) -> x at
-sigma = 0 and add its name to SAMPLERS and DEFAULT_SPACING (CONTRIBUTING.md). The one-step functions at integer
+sigma = 0 and add its name to SAMPLERS (CONTRIBUTING.md). The one-step functions at integer
 t that notebooks 06 and 10 derive (`ddpm_step`, `ddim_step`, `dpm_solver_step`, `respace`) live in `steps` and
 are importable from here too.
 """
@@ -177,7 +177,8 @@ def dpm_solver_pp(denoise, x, levels, generator):
     return x
 
 
-# The seam for a new sampler: one function (denoise, x, levels, generator, **options) -> x at sigma = 0, and its name here.
+# The seam for a new sampler: one function (denoise, x, levels, generator, **options) -> x at sigma = 0, and its name here
+# (and its spacing in DEFAULT_SPACING, once measured; without an entry it walks evenly spaced t).
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm-solver++": dpm_solver_pp, "euler": euler, "heun": heun,
             "euler-ancestral": euler_ancestral}
 # The spacing each sampler uses unless told, chosen by the measurements in README.md ("Samplers"): evenly spaced t for the
@@ -225,7 +226,7 @@ def sample(
     x_T=None,  # starting noise (B, C, H, W); None = drawn from `generator`
     classifier=None,  # classifier guidance: `classifier(x_t, t) -> logits`, trained on noisy x_t (needs y)
     classifier_scale=0.0,  # its scale: eps - scale sqrt(1 - abar_t) grad log p(y | x_t, t); 0 = off
-    spacing=None,  # how the levels are spread: "uniform", "karras" or "logsnr"; None = DEFAULT_SPACING[sampler]
+    spacing=None,  # how the levels are spread: "uniform", "karras" or "logsnr"; None = the sampler's DEFAULT_SPACING
 ):
     """Draw samples of `shape` (B, C, H, W), or points (B, D): build the denoiser once, pick the levels, run the sampler.
 
@@ -261,7 +262,7 @@ def sample(
     if classifier_scale and trained_on and diffusion.schedule and trained_on != diffusion.schedule:
         raise ValueError(f"the classifier was trained on x_t of schedule {trained_on}, but the diffusion has {diffusion.schedule}")
     device = _device(model, diffusion)
-    levels = noise_levels(diffusion, num_steps, spacing or DEFAULT_SPACING[sampler])
+    levels = noise_levels(diffusion, num_steps, spacing or DEFAULT_SPACING.get(sampler, "uniform"))
     y = _labels(y, shape[0], device)
     if y is None and guidance_scale != 1:
         raise ValueError(f"guidance_scale={guidance_scale} needs class labels y")
