@@ -2,6 +2,7 @@
 
 import inspect
 import re
+import sys
 from pathlib import Path
 
 import ddpm_utils
@@ -73,9 +74,7 @@ def test_imports_are_declared():
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 imported.add(node.module.split(".")[0])
-    stdlib = {"__future__", "argparse", "copy", "dataclasses", "functools", "gzip", "hashlib", "inspect", "io", "json", "math",
-              "os", "pathlib", "random", "re", "shutil", "socket", "subprocess", "sys", "tempfile", "time", "typing",
-              "urllib", "warnings", "contextlib", "itertools", "collections", "importlib", "textwrap", "ast", "base64", "zipfile"}
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
     module_to_package = {"PIL": "pillow", "einops": "einops", "matplotlib": "matplotlib", "numpy": "numpy", "torch": "torch",
                          "torchvision": "torchvision", "tqdm": "tqdm", "ipywidgets": "ipywidgets", "IPython": "ipywidgets"}
     third_party = imported - stdlib - {"ddpm_utils", "google"}  # google.colab: only inside Colab
