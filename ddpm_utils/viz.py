@@ -55,8 +55,12 @@ def show_images(images: torch.Tensor, nrow: int = 8, title: str | None = None, a
 
 
 def _error_figure(message: str) -> Figure:
+    """A figure that shows `message`, drawn on an axes with its frame hidden: IPython draws no image for a figure
+    without axes, so text on the figure alone never reaches the notebook."""
     fig = new_figure(figsize=(8, 1.2))
-    fig.text(0.5, 0.5, message, ha="center", va="center", color="crimson", wrap=True)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, message, ha="center", va="center", color="crimson", wrap=True, transform=ax.transAxes)
     return fig
 
 
