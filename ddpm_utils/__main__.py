@@ -143,8 +143,7 @@ def _parser() -> argparse.ArgumentParser:
                  "exact 2-D ODE (--exact), or the quality of a model's digits")
     cs.add_argument("--exact", action="store_true", help="the error against notebook 10's exact 2-D ODE (seconds) instead")
     cs.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
-    cs.add_argument("--nfe", default="5,10,20", help="comma-separated network-evaluation budgets (default 5,10,20; "
-                    "--exact: 10,20,40,80)")
+    cs.add_argument("--nfe", help="comma-separated network-evaluation budgets (default 5,10,20; --exact: 10,20,40,80)")
     cs.add_argument("--sampler", default="", help="comma-separated samplers (default: all)")
     cs.add_argument("--spacing", default="", help=f"comma-separated spacings (default: all of {', '.join(SPACINGS)})")
     cs.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
@@ -248,8 +247,7 @@ def _compare_samplers(args) -> None:
     from . import sampler_study
 
     if args.exact:
-        nfes = _numbers(args.nfe if args.nfe != "5,10,20" else "10,20,40,80", int, "--nfe")
-        print(sampler_study.format_ode_errors(sampler_study.ode_errors(nfes)))
+        print(sampler_study.format_ode_errors(sampler_study.ode_errors(_numbers(args.nfe or "10,20,40,80", int, "--nfe"))))
         return
     from .evaluation import Evaluator
 
@@ -263,7 +261,7 @@ def _compare_samplers(args) -> None:
         raise ValueError(f"compare-samplers judges MNIST digits with the shipped classifier; this model makes {info['name']}")
     evaluator = Evaluator(next(model.parameters()).device)
     print(sampler_study.format_quality([]))
-    rows = sampler_study.quality_table(model, diffusion, evaluator, _numbers(args.nfe, int, "--nfe"), args.num,
+    rows = sampler_study.quality_table(model, diffusion, evaluator, _numbers(args.nfe or "5,10,20", int, "--nfe"), args.num,
                                        args.guidance_scale, args.seed, samplers, spacings)
     print(sampler_study.format_quality(rows))
 

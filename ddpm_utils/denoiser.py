@@ -44,7 +44,8 @@ def make_denoiser(model, diffusion, *, y=None, guidance_scale=1.0, classifier=No
         t_level = diffusion.t_at(sigma)
         t = torch.full((x.shape[0],), t_level, device=x.device)
         t = t.long() if float(t_level).is_integer() else t  # integer t where the model was trained
-        x_t = (alpha * x).float()  # 1.
+        x_t_exact = alpha * x  # 1. (in the sampler's dtype, for the conversion)
+        x_t = x_t_exact.float()  # what the network sees
         try:
             output = model(x_t, t, None) if y is None else guided_eps(model, x_t, t, y, guidance_scale, null_label)  # 2.
         except IndexError as err:
@@ -54,7 +55,7 @@ def make_denoiser(model, diffusion, *, y=None, guidance_scale=1.0, classifier=No
                                  "diffusion.alpha_sigma(t), or sample with spacing='uniform'") from err
             raise
         prediction, var_interp = split_output(output, x_t)
-        eps, x0 = PREDICTIONS[diffusion.prediction].to_eps_x0(prediction.to(x.dtype), alpha * x, alpha, sigma * alpha)
+        eps, x0 = PREDICTIONS[diffusion.prediction].to_eps_x0(prediction.to(x.dtype), x_t_exact, alpha, sigma * alpha)
         if classifier_scale:  # 3.
             eps = classifier_guided_eps(classifier, x_t, t, y, eps.float(), classifier_scale, diffusion).to(x.dtype)
             x0 = x - sigma * eps

@@ -290,9 +290,10 @@ class GaussianDiffusion(nn.Module):
 
     # ----- what the network predicts ------------------------------------------------------------
     def v_target(self, x0, t, noise):
-        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, Sec. 4)."""
+        """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022, Sec. 4): PREDICTIONS["v"]'s target."""
         self._check_t(t, x0)
-        return extract(self.sqrt_alphas_cumprod, t, x0.shape) * noise - extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * x0
+        alpha, sigma = (extract(a, t, x0.shape) for a in (self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod))
+        return PREDICTIONS["v"].target(x0, noise, alpha, sigma)
 
     def predict_x0_from_v(self, x_t, t, v):
         """x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v: the definition of v and Eq. (4), solved for x0."""

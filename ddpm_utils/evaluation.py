@@ -220,11 +220,15 @@ class Evaluator:
         replicates = torch.tensor([stat(torch.randint(n, (n,), generator=g)) for _ in range(num_boot)])
         return stat(torch.arange(n)), replicates.std().item()
 
+    def real_sample(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """n random real training images and their labels: the reference that `score_real` scores."""
+        idx = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(seed))[:n]
+        return self.train_images[idx], self.train_labels[idx]
+
     def score_real(self, n: int, seed: int = 0) -> dict:
         """The reference row: n random real training digits, scored the same way (each one's
         nearest training image is itself, so the memorisation columns are left out)."""
-        idx = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(seed))[:n]
-        return {**self.score(self.train_images[idx], self.train_labels[idx]), "nearest": None, "copies": None}
+        return {**self.score(*self.real_sample(n, seed)), "nearest": None, "copies": None}
 
 
 def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale: float = 3.0, conditional: bool = True,

@@ -82,10 +82,8 @@ def quality_table(model, diffusion, evaluator, nfes=(5, 10, 20), num: int = 200,
                   seed: int = 0, samplers=None, spacings=SPACINGS, progress=print) -> list[dict]:
     """Accuracy (Wilson 95 % interval), FD (bootstrap 90 % interval) and KID of `num` class-conditional samples for each
     sampler x spacing x evaluation budget, all from the same starting noise (seed), and the real digits' row at the same n."""
-    real = evaluator.score_real(num, seed)
-    idx = torch.randperm(len(evaluator.train_images), generator=torch.Generator().manual_seed(seed))[:num]
-    rows = [{"sampler": "real digits", "spacing": "", "evaluations": 0, **real,
-             "fd_interval": evaluator.fd_interval(evaluator.train_images[idx])}]
+    rows = [{"sampler": "real digits", "spacing": "", "evaluations": 0, **evaluator.score_real(num, seed),
+             "fd_interval": evaluator.fd_interval(evaluator.real_sample(num, seed)[0])}]
     calls = []
     counted = _Counting(model, calls)
     for sampler in samplers or tuple(SAMPLERS):

@@ -60,15 +60,12 @@ def noise_levels(diffusion, num_steps: int | None = None, spacing: str = "unifor
     s_min = sigmas[0].item()
     if not s_min < s_max:
         raise ValueError(f"sigma_max must lie above the schedule's smallest level {s_min:.4g}, got {sigma_max!r}")
-    if n == 1:
-        levels = torch.tensor([s_max], dtype=torch.float64)
-    elif spacing == "karras":
+    if spacing == "karras":
         ramp = torch.linspace(0, 1, n, dtype=torch.float64)
         levels = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     else:
         levels = torch.linspace(math.log(s_max), math.log(s_min), n, dtype=torch.float64).exp()
-    if n > 1:
-        levels[0], levels[-1] = s_max, s_min  # exactly the ends, whatever the rounding
+    levels[-1], levels[0] = s_min, s_max  # exactly the ends, whatever the rounding (one step: s_max alone)
     return torch.cat([levels, torch.zeros(1, dtype=torch.float64)])
 
 
