@@ -36,6 +36,7 @@ from . import __version__
 from .checkpoints import dataset_info, load_checkpoint, load_pretrained
 from .data import DATASETS, SOURCES
 from .diffusion import PREDICTIONS, WEIGHTINGS
+from .flow import PROCESSES, TIME_SAMPLINGS
 from .samplers import DEFAULT_SPACING, SAMPLERS, SPACINGS, sample
 from .schedules import SCHEDULES
 from .training import TrainConfig, train
@@ -44,7 +45,7 @@ from .unet import PRESETS
 # TrainConfig fields whose values come from a fixed set: the CLI offers exactly these
 CHOICES = {"preset": sorted(PRESETS), "schedule": list(SCHEDULES), "amp": ["auto", "bf16", "fp16", "off"],
            "data_source": list(SOURCES), "prediction": list(PREDICTIONS), "loss_weighting": list(WEIGHTINGS),
-           "dataset": list(DATASETS), "channels": [0, 1, 3]}
+           "dataset": list(DATASETS), "channels": [0, 1, 3], "process": list(PROCESSES), "time_sampling": list(TIME_SAMPLINGS)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -173,8 +174,11 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--epochs", type=int, default=20, help="passes over the 4,500 training digits, each at new t and noise (default 20)")
     n.add_argument("--seed", type=int, default=0, help="seed of the weights, t, noise and data order (default 0)")
 
-    f = command("figures", _figures, "regenerate the README's figures from the bundled model")
+    f = command("figures", _figures, "regenerate the README's figures from the bundled model (or draw the sample figures of "
+                "a checkpoint, diffusion or flow)")
     f.add_argument("--out", default="images", help="folder to write (default images)")
+    f.add_argument("--checkpoint", help="checkpoint from `train`: its samples, guidance grid and denoising animation instead "
+                   "of the bundled model's (default: the bundled model, and the schedule figures too)")
     f.add_argument("--steps", type=int, default=50, help="DDIM steps for the sample grids (default 50)")
     f.add_argument("--gif-steps", type=int, default=50, help="ancestral steps (frames) of the denoising animation (default 50)")
 
@@ -276,7 +280,7 @@ def _bench(args) -> None:
 def _figures(args) -> None:
     from .figures import make_figures
 
-    for path in make_figures(args.out, args.steps, args.gif_steps, _device(args.device)):
+    for path in make_figures(args.out, args.steps, args.gif_steps, _device(args.device), checkpoint=args.checkpoint):
         print(f"wrote {path}")
 
 
@@ -374,6 +378,9 @@ def _evaluate(args) -> None:
     for n in steps:
         _sampler(args.sampler, n, args.ancestral)  # a clear error before anything is loaded
     model, diffusion, info = _model(args.checkpoint, args.device)
+    if args.nll and diffusion.process == "flow":
+        raise ValueError("--nll is a diffusion's variational bound; this checkpoint holds a flow-matching model, which has "
+                         "no reverse chain to bound: leave out --nll")
     if info["name"] != "mnist" and not info["class_names"]:
         raise ValueError(f"this model was trained on unlabelled images ({info['name']}): there are no classes to train a judging "
                          "classifier on; look at its samples and their nearest training images instead (notebook 08)")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .diffusion import GaussianDiffusion
+from .flow import FlowMatching
 from .unet import UNet, UNetConfig
 
 FORMAT = "ddpm_utils.checkpoint/1"
@@ -29,10 +30,13 @@ PRETRAINED: dict[str, dict[str, str]] = {
 }
 
 
+PROCESS_NAMES = {"diffusion": "diffusion (DDPM)", "flow": "flow-matching"}
+
+
 @dataclass
 class Checkpoint:
     model: UNet  # rebuilt (or given) model with the saved weights loaded
-    diffusion: GaussianDiffusion  # rebuilt (or given) diffusion with the saved schedule
+    diffusion: GaussianDiffusion | FlowMatching  # rebuilt (or given) process: the saved schedule, or the flow path
     step: int  # training step at which it was saved
     data: dict  # everything saved: "optimizer", "ema", "extra" (RNG states, train config, ...)
 
@@ -46,7 +50,7 @@ def _state(obj):
     return obj.state_dict() if isinstance(obj, (nn.Module, torch.optim.Optimizer)) else obj
 
 
-def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion, *, step: int = 0, ema=None, optimizer=None, extra=None,
+def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion | FlowMatching, *, step: int = 0, ema=None, optimizer=None, extra=None,
                     dataset: dict | None = None) -> Path:
     """Save model (and optional EMA model, optimizer, extra plain values) to `path`, atomically.
 
@@ -59,9 +63,10 @@ def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion, *, step: in
     data = {
         "format": FORMAT,
         "unet_config": dataclasses.asdict(model.config),
+        "process": diffusion.process,  # "diffusion" (GaussianDiffusion) or "flow" (FlowMatching)
         "schedule": diffusion.schedule,  # {"name", "T", parameters} or None
-        "prediction": diffusion.prediction,  # what the network predicts: "eps", "x0" or "v"
-        "betas": diffusion.betas.detach().cpu(),
+        "prediction": diffusion.prediction,  # what the network predicts: a name in diffusion.PREDICTIONS
+        "betas": diffusion.betas.detach().cpu() if diffusion.process == "diffusion" else torch.zeros(0),
         "step": int(step),
         "model": model.state_dict(),
         "ema": _state(ema),
@@ -88,8 +93,10 @@ def dataset_info(data: dict, config: UNetConfig) -> dict:
             "image_size": config.image_size}
 
 
-def _diffusion_from(data: dict) -> GaussianDiffusion:
+def _diffusion_from(data: dict) -> GaussianDiffusion | FlowMatching:
     prediction = data.get("prediction", "eps")  # checkpoints from before the choice existed predict eps
+    if data.get("process", "diffusion") == "flow":
+        return FlowMatching(prediction, data["schedule"]["time_sampling"], data["schedule"]["T"])
     if data["schedule"] is not None:
         return GaussianDiffusion.from_schedule(**data["schedule"], prediction=prediction)
     return GaussianDiffusion(data["betas"].double(), prediction=prediction)
@@ -99,7 +106,7 @@ def _config_diff(a: UNetConfig, b: UNetConfig) -> str:
     return ", ".join(f"{k}: checkpoint {v!r} vs model {getattr(b, k)!r}" for k, v in vars(a).items() if getattr(b, k) != v)
 
 
-def load_checkpoint(path, *, model: UNet | None = None, diffusion: GaussianDiffusion | None = None,
+def load_checkpoint(path, *, model: UNet | None = None, diffusion: GaussianDiffusion | FlowMatching | None = None,
                     use_ema: bool = False, map_location="cpu") -> Checkpoint:
     """Load a checkpoint saved by `save_checkpoint`, rebuilding model and diffusion unless given.
 
@@ -132,7 +139,14 @@ def load_checkpoint(path, *, model: UNet | None = None, diffusion: GaussianDiffu
     saved = _diffusion_from(data)
     if diffusion is None:
         diffusion = saved
-    elif diffusion.num_timesteps != saved.num_timesteps or not torch.allclose(diffusion.betas.cpu(), saved.betas, rtol=1e-6, atol=0):
+    elif diffusion.process != saved.process:
+        raise ValueError(f"{path} holds a {PROCESS_NAMES[saved.process]} model, but it was given a "
+                         f"{PROCESS_NAMES[diffusion.process]}: "
+                         "the network learned to read x_t on its own path (x_t = sqrt(abar) x0 + sqrt(1 - abar) eps at code t "
+                         "for a diffusion; (1 - t) x0 + t z at 1000 t for a flow), so on the other one its answers mean "
+                         "nothing; load it without a diffusion to get its own")
+    elif diffusion.process == "diffusion" and (diffusion.num_timesteps != saved.num_timesteps
+                                               or not torch.allclose(diffusion.betas.cpu(), saved.betas, rtol=1e-6, atol=0)):
         raise ValueError(
             f"{path} was trained with schedule {data['schedule'] or 'custom betas'} (T={saved.num_timesteps}), "
             f"which differs from the given diffusion ({diffusion.schedule or 'custom betas'}, T={diffusion.num_timesteps})"

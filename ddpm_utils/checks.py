@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .diffusion import GaussianDiffusion, normal_kl
 from .embeddings import sinusoidal_embedding
+from .flow import FlowMatching
 from .guidance import guided_eps
 from .samplers import ddim_step, ddpm_step, dpm_solver_step
 from .schedules import cosine_betas, linear_betas
@@ -590,3 +591,77 @@ def check_dpm_solver_update(fn) -> None:
         want, _ = dpm_solver_step(diffusion, D, t, t_prev, x_t)
         _compare("DPM-Solver++ update", case, got, want, mistakes)
     _done("DPM-Solver++ update", len(cases))
+
+
+# ---- notebook 11 -----------------------------------------------------------------------------
+def check_flow_pair(fn) -> None:
+    """`fn(x0, z, t)` with t (B, 1): (x_t, u) = ((1 - t) x0 + t z, z - x0), the flow path and its velocity."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
+    flow = FlowMatching()
+    for i, t in enumerate((torch.tensor([[0.0], [0.25], [0.5], [0.9], [1.0]], dtype=torch.float64),
+                           torch.full((5, 1), 0.3, dtype=torch.float64))):
+        x0, z = _points(110 + i), _points(120 + i)
+        case = f"t = {t.flatten().tolist()}"
+        got = _call("flow pair", case, fn, x0, z, t)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise CheckFailed(f"flow pair, case {case}: return the pair (x_t, u), got {_show(got)}")
+        x_t, u = got
+        mistakes = {
+            "t = 0 is the data and t = 1 the noise: x_t = (1 - t) x0 + t z, not t x0 + (1 - t) z.": t * x0 + (1 - t) * z,
+            "this is the variance-preserving path sqrt(1 - t) x0 + sqrt(t) z; the flow's is straight, with no square roots.":
+                (1 - t).sqrt() * x0 + t.sqrt() * z,
+        }
+        _compare("flow pair (x_t)", case, x_t, flow.q_sample(x0, t.flatten(), z), mistakes)
+        mistakes = {
+            "the velocity points from data to noise, d x_t / dt = z - x0 (t grows towards the noise); you have x0 - z.": x0 - z,
+            "the target is the velocity z - x0, not the noise z itself (that is the eps target of DDPM).": z,
+            "the velocity of the straight path does not depend on t: d/dt [(1 - t) x0 + t z] = z - x0.": t * (z - x0),
+        }
+        _compare("flow pair (u)", case, u, flow.training_target(x0, t.flatten(), z), mistakes)
+    _done("flow pair", 2)
+
+
+def check_flow_euler_step(fn) -> None:
+    """`fn(x_t, u, t, t_next)`: one Euler step of the flow ODE, x_t + (t_next - t) u (t_next < t: towards the data)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
+    for i, (t, t_next) in enumerate(((1.0, 0.75), (0.4, 0.1), (0.2, 0.0))):
+        x_t, u = _points(130 + i), _points(140 + i)
+        case = f"t = {t} -> {t_next}"
+        got = _call("flow Euler step", case, fn, x_t, u, t, t_next)
+        dt = t_next - t
+        mistakes = {
+            "t falls as we walk to the data, so the step t_next - t is negative: x_t + (t_next - t) u (you went the wrong way).":
+                x_t - dt * u,
+            "the step is the velocity times the time step: x_t + (t_next - t) u, not x_t + u.": x_t + u,
+            "the step is (t_next - t), not t_next alone.": x_t + t_next * u,
+        }
+        _compare("flow Euler step", case, got, x_t + dt * u, mistakes)
+    _done("flow Euler step", 3)
+
+
+def check_velocity_to_eps(fn) -> None:
+    """`fn(u, x_t, t)` with t (B, 1): (eps, x0) = (x_t + (1 - t) u, x_t - t u) from x_t = (1 - t) x0 + t z, u = z - x0."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
+    flow = FlowMatching()
+    for i, t in enumerate((torch.tensor([[0.1], [0.3], [0.5], [0.7], [0.95]], dtype=torch.float64),
+                           torch.full((5, 1), 0.6, dtype=torch.float64))):
+        x0, z = _points(150 + i), _points(160 + i)
+        x_t, u = (1 - t) * x0 + t * z, z - x0
+        z_lib, x0_lib = flow.eps_and_x0(u, x_t, t.flatten())
+        case = f"t = {t.flatten().tolist()}"
+        got = _call("velocity to (eps, x0)", case, fn, u, x_t, t)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise CheckFailed(f"velocity to (eps, x0), case {case}: return the pair (eps, x0), got {_show(got)}")
+        eps, x0_got = got
+        mistakes = {
+            "from x_t = x0 + t u: x0 = x_t - t u (you used 1 - t).": x_t - (1 - t) * u,
+            "from x_t = x0 + t u: x0 = x_t MINUS t u.": x_t + t * u,
+        }
+        _compare("velocity to (eps, x0): x0", case, x0_got, x0_lib, mistakes)
+        mistakes = {
+            "from x_t = z - (1 - t) u: z = x_t + (1 - t) u (you used t).": x_t + t * u,
+            "z = x_t + (1 - t) u: PLUS, since x_t sits (1 - t) u short of the noise.": x_t - (1 - t) * u,
+            "eps is the noise z = x0 + u, not the velocity u.": u,
+        }
+        _compare("velocity to (eps, x0): eps", case, eps, z_lib, mistakes)
+    _done("velocity to (eps, x0)", 2)

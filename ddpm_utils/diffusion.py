@@ -19,6 +19,7 @@ alpha = sqrt(abar) and sigma = sqrt(1 - abar), so that x_t = alpha x0 + sigma ep
 | "eps"        | the noise eps                 | Ho et al. 2020, Eq. 11    |
 | "x0"         | the clean image x0            | Ho et al. 2020, Sec. 3.2  |
 | "v"          | alpha eps - sigma x0          | Salimans & Ho 2022, Sec. 4 |
+| "velocity"   | eps - x0 (flow matching's u)  | Lipman et al. 2023; Liu et al. 2023 (`flow`) |
 
 A model with learned variances (`UNetConfig.learned_variance`) outputs 2C channels: the prediction,
 then var_interp in [-1, 1] (the paper's v, renamed here so as not to be confused with v-prediction),
@@ -61,6 +62,9 @@ PREDICTIONS = {
     "x0": Prediction(lambda x0, eps, a, s: x0, lambda out, x, a, s: ((x - a * out) / s, out), torch.ones_like),
     "v": Prediction(lambda x0, eps, a, s: a * eps - s * x0, lambda out, x, a, s: (s * x + a * out, a * x - s * out),
                     lambda snr: 1 + snr),
+    # x_t = a x0 + s (u + x0), so x0 = (x_t - s u) / (a + s): on the flow path a + s = 1, and x0 = x_t - t u
+    "velocity": Prediction(lambda x0, eps, a, s: eps - x0, lambda out, x, a, s: (out + (x - s * out) / (a + s), (x - s * out) / (a + s)),
+                           lambda snr: (1 + snr.sqrt()) ** 2),
 }
 WEIGHTINGS = ("none", "min-snr")  # loss weighting per timestep: none, or Min-SNR-gamma (Hang et al. 2023)
 MIN_SNR_GAMMA = 5.0  # Hang et al. 2023's gamma
@@ -160,6 +164,8 @@ class GaussianDiffusion(nn.Module):
     (name, T, parameters) so checkpoints can rebuild and compare it.
     """
 
+    process = "diffusion"  # TrainConfig.process; the other is flow.FlowMatching
+
     def __init__(self, betas, schedule: dict | None = None, prediction: str = "eps"):
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -224,6 +230,15 @@ class GaussianDiffusion(nn.Module):
             return float(hi)  # one of the schedule's own levels: its integer t, exactly
         lo_log, hi_log = math.log(sigmas[hi - 1]), math.log(sigmas[hi])
         return hi - 1 + (math.log(sigma) - lo_log) / (hi_log - lo_log)
+
+    def scales(self, sigma: float) -> tuple[float, float]:
+        """(sqrt(abar), sqrt(1 - abar)) at noise level sigma: x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, abar = 1 / (1 + sigma^2)."""
+        alpha = (1 + sigma**2) ** -0.5
+        return alpha, sigma * alpha
+
+    def network_time(self, sigma: float) -> float:
+        """What the network is told at level sigma: its code t (`t_at`), as in training."""
+        return self.t_at(sigma)
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sqrt(abar_t), sqrt(1 - abar_t)) at code t (B,), each (B,): integer t looks up the table, a fractional t

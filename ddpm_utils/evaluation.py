@@ -268,6 +268,9 @@ def bits_per_dim(model, diffusion, images: torch.Tensor, labels: torch.Tensor | 
     `labels` conditions a class-conditional model (None: the null label). Returns {"bpd": mean,
     "sem": its standard error over images, "terms_bpd" (T,): each L_t averaged, "prior_bpd": L_T, "n"}.
     """
+    if diffusion.process == "flow":
+        raise ValueError("bits/dim here is a diffusion's variational bound (Eq. 5); a flow model has no reverse chain to "
+                         "bound (its likelihood would need the ODE's divergence along each path), so evaluate it without --nll")
     if images.ndim != 4 or len(images) < 2:
         raise ValueError(f"need images of shape (N, C, H, W) with N >= 2, got {tuple(images.shape)}")
     device = diffusion.betas.device  # the model's too (`sample` checks that they agree)

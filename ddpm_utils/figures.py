@@ -82,26 +82,36 @@ def guidance_figure(grid: torch.Tensor, scales=GUIDANCE_SCALES):
     return fig
 
 
-def make_figures(out="images", steps: int = 50, gif_steps: int = 50, device="cpu") -> list[Path]:
-    """Write every README figure into `out`; returns the paths."""
+def make_figures(out="images", steps: int = 50, gif_steps: int = 50, device="cpu", checkpoint=None) -> list[Path]:
+    """Write every README figure into `out`; returns the paths. With a `checkpoint` (a diffusion or a flow model
+    of MNIST's shape), its sample figures only (samples, guidance, unconditional, denoising animation)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model, diffusion = load_pretrained("mnist", device=device)
+    if checkpoint is None:
+        (model, diffusion), name = load_pretrained("mnist", device=device), "the bundled model"
+    else:
+        ckpt, name = load_checkpoint(checkpoint, use_ema=True, map_location=device), Path(checkpoint).name
+        model, diffusion = ckpt.model.eval(), ckpt.diffusion
+    if (model.config.in_channels, model.config.image_size, model.config.num_classes) != (1, 28, 10):
+        raise ValueError(f"the figures show class-conditional 1 x 28 x 28 digits; {name} makes {model.config.in_channels} x "
+                         f"{model.config.image_size} x {model.config.image_size} images of {model.config.num_classes} classes "
+                         "(use `ddpm sample` for it)")
     paths = []
 
     def save(fig, name):
         fig.savefig(out / name, dpi=120, bbox_inches="tight")
         paths.append(out / name)
 
-    save(schedules_figure(), "schedules.png")
-    save(forward_figure(load_mnist(train=False, source="bundled")[7][0]), "forward.png")
+    if checkpoint is None:
+        save(schedules_figure(), "schedules.png")
+        save(forward_figure(load_mnist(train=False, source="bundled")[7][0]), "forward.png")
     images = sample_grid(model, diffusion, steps)
-    save(viz.show_images(images, nrow=10, title=f"Samples of the bundled model (guidance scale 3, {steps} DDIM steps)"), "samples.png")
+    save(viz.show_images(images, nrow=10, title=f"Samples of {name} (guidance scale 3, {steps} DDIM steps)"), "samples.png")
     fig = guidance_figure(guidance_grid(model, diffusion, steps))
     fig.axes[0].set_title("Classifier-free guidance: one digit per row, one scale per column")
     save(fig, "guidance.png")
     images = sample(model, diffusion, (100, 1, 28, 28), num_steps=steps, generator=torch.Generator().manual_seed(0), progress=False)
-    save(viz.show_images(images, nrow=10, title=f"Unconditional samples of the bundled model ({steps} DDIM steps)"), "unconditional.png")
+    save(viz.show_images(images, nrow=10, title=f"Unconditional samples of {name} ({steps} DDIM steps)"), "unconditional.png")
     _, trajectory = sample(model, diffusion, (10, 1, 28, 28), sampler="ddpm", num_steps=gif_steps, y=torch.arange(10),
                            guidance_scale=3.0, return_trajectory=True, generator=torch.Generator().manual_seed(0), progress=False)
     paths.append(viz.save_gif(trajectory, out / "denoising.gif", nrow=10, scale=2))

@@ -25,7 +25,7 @@ import math
 import torch
 
 from .denoiser import make_denoiser, progress_bar
-from .diffusion import VARIANCES, randn
+from .diffusion import VARIANCES, GaussianDiffusion, randn
 from .steps import RespacedModel, ddim_step, ddpm_step, dpm_solver_step, respace, timestep_pairs  # noqa: F401 (public here too)
 
 # ----- noise levels ------------------------------------------------------------------------------
@@ -40,7 +40,8 @@ def noise_levels(diffusion, num_steps: int | None = None, spacing: str = "unifor
     """The levels sigma_0 > ... > sigma_{N-1} > sigma_N = 0 that a sampler walks in N = `num_steps` steps, float64
     (N + 1,), from sigma_0 (where x ~ N(0, I) / sqrt(abar) starts) to the schedule's smallest level sigma(0), then 0.
 
-    - "uniform": the levels of evenly spaced code t (`timestep_pairs`: DDPM's and DDIM's steps), from t = T-1;
+    - "uniform": the levels of evenly spaced code t (`timestep_pairs`: DDPM's and DDIM's steps), from t = T-1; for a
+      flow (`flow.FlowMatching`), evenly spaced flow time t from 1 to 0 (`uniform_levels`);
     - "karras": evenly spaced in sigma^(1 / rho), rho = 7 (Karras et al. 2022, Eq. 5): small steps at low noise;
     - "logsnr": evenly spaced in log sigma = -log-SNR / 2 (Lu et al. 2022, DPM-Solver's choice for small images).
     `sigma_max`: the first level of "karras" and "logsnr" (None: the smaller of the schedule's largest level and
@@ -50,6 +51,8 @@ def noise_levels(diffusion, num_steps: int | None = None, spacing: str = "unifor
     T, sigmas = diffusion.num_timesteps, diffusion.sigmas.cpu()
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing == "uniform" and diffusion.process == "flow":
+        return diffusion.uniform_levels(num_steps)  # evenly spaced flow time t
     if spacing == "uniform":
         ts = [t for t, _ in timestep_pairs(T, num_steps)]
         return torch.cat([sigmas[ts], torch.zeros(1, dtype=torch.float64)])
@@ -196,7 +199,7 @@ def _labels(y, batch: int, device) -> torch.Tensor | None:
 
 
 def _device(model, diffusion) -> torch.device:
-    device = diffusion.betas.device
+    device = next(iter(diffusion.buffers())).device
     param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     if param is not None and param.device != device:
         raise ValueError(f"model is on {param.device} but diffusion on {device}; call diffusion.to({str(param.device)!r})")
@@ -236,6 +239,7 @@ def sample(
     - `y` (int or (B,) labels) with `guidance_scale` s: eps = eps_uncond + s (eps_cond - eps_uncond).
     - `classifier` with `classifier_scale` c > 0: classifier guidance on top (Dhariwal & Nichol 2021, Eq. 14);
       `guidance_scale=0` guides the unconditional model alone.
+    - `diffusion`: a `GaussianDiffusion` or a `flow.FlowMatching` path (notebook 11); every sampler runs on both.
     Returns x_0, or (x_0, trajectory) where trajectory is a dict of CPU tensors `t` (K,) (code t: integer, or
     fractional between timesteps for "karras" and "logsnr"), `x_t` (K, B, ...) (what the model saw at each level)
     and `x0_pred` (K, B, ...).
@@ -253,18 +257,25 @@ def sample(
                              f"{', '.join(list(accepted)[4:]) or 'none'})")
     if clip_x0 is None:
         clip_x0 = len(shape) == 4  # images live in [-1, 1]; points (notebook 10) anywhere
+    device = _device(model, diffusion)
     if classifier_scale and classifier is None:
         raise ValueError(f"classifier_scale={classifier_scale} needs a classifier (e.g. classifier.load_noisy_classifier())")
-    trained_on = getattr(classifier, "schedule", None)
-    if classifier_scale and trained_on and diffusion.schedule and trained_on != diffusion.schedule:
+    trained_on, classifier_diffusion = getattr(classifier, "schedule", None), None
+    if classifier_scale and diffusion.process == "flow":  # guided through the classifier's own x_t (make_denoiser)
+        if not trained_on:
+            raise ValueError("classifier guidance of a flow model needs the classifier's schedule (classifier.schedule), "
+                             "to show it x at each level as the diffusion it was trained on")
+        classifier_diffusion = GaussianDiffusion.from_schedule(**trained_on).to(device)
+    elif classifier_scale and trained_on and diffusion.schedule and trained_on != diffusion.schedule:
         raise ValueError(f"the classifier was trained on x_t of schedule {trained_on}, but the diffusion has {diffusion.schedule}")
-    device = _device(model, diffusion)
     levels = noise_levels(diffusion, num_steps, spacing or DEFAULT_SPACING.get(sampler, "uniform"))
     y = _labels(y, shape[0], device)
     if y is None and guidance_scale != 1:
         raise ValueError(f"guidance_scale={guidance_scale} needs class labels y")
     if y is None and classifier_scale:
         raise ValueError(f"classifier_scale={classifier_scale} needs class labels y (the class to guide towards)")
+    if trajectory_at is not None and diffusion.process == "flow":
+        raise ValueError("trajectory_at names a DDPM's code timesteps; a flow's trajectory records every level (leave it None)")
     walked = {round(diffusion.t_at(s)) for s in levels[:-1].tolist()}
     trace_at = None if trajectory_at is None else set(trajectory_at)
     if return_trajectory and trace_at is not None and not trace_at & walked:
@@ -274,12 +285,12 @@ def sample(
     if x.shape != tuple(shape):
         raise ValueError(f"x_T must have shape {tuple(shape)}, got {tuple(x.shape)}")
     dtype = torch.float32 if device.type == "mps" else torch.float64  # the sampler's arithmetic (MPS has no float64)
-    x = x.to(dtype) * (1 + levels[0].item() ** 2) ** 0.5  # x_T / sqrt(abar) at the first level: the sampler's x
+    x = x.to(dtype) / diffusion.scales(levels[0].item())[0]  # x_T / a at the first level: the sampler's x
     trace = {} if return_trajectory else None
     with progress_bar(len(levels) - 1, progress) as bar:
         denoise = make_denoiser(model, diffusion, y=y, guidance_scale=guidance_scale, classifier=classifier,
                                 classifier_scale=classifier_scale, clip_x0=clip_x0, trace=trace, trace_at=trace_at,
-                                bar=bar)
+                                bar=bar, classifier_diffusion=classifier_diffusion)
         x = SAMPLERS[sampler](denoise, x, levels, generator, **options).float()
     if not return_trajectory:
         return x

@@ -3,7 +3,8 @@
 - `linear_gaussian_elbo`: z ~ N(0, 1), x | z ~ N(z, noise_var); log p(x), the ELBO and its gap in closed form.
 - `IdealDenoiser`: the best possible eps prediction when the data are a finite set of images.
 - `GaussianMixture`: points from a mixture of isotropic Gaussians, whose noised density p_t, score and
-  E[eps | x_t] are known in closed form at every noise level (the score view, notebook 10).
+  E[eps | x_t] are known in closed form at every noise level (the score view, notebook 10), and so is the
+  velocity of the flow-matching path (notebook 11).
 """
 
 from __future__ import annotations
@@ -107,14 +108,18 @@ class GaussianMixture:
         x0 = self.means[k] + self.stds[k, None] * torch.randn(n, self.means.shape[1], dtype=torch.float64, generator=generator)
         return x0, (k if self.labels is None else self.labels[k])
 
-    def _log_components(self, x, abar, y):
-        """log(w_k N(x; sqrt(abar) m_k, v_k I)) (B, K), the centres (B, K, D) and the variances v_k (B, K)."""
+    def _log_components(self, x, abar, y, scales=None):
+        """log(w_k N(x; a m_k, v_k I)) (B, K), the centres a m_k (B, K, D) and the variances v_k = a^2 s_k^2 + s^2 (B, K)
+        of x = a x0 + s eps: a = sqrt(abar), s = sqrt(1 - abar), or the (a, s) of `scales` ((B, 1) each)."""
         x = torch.as_tensor(x, dtype=torch.float64)
         if x.ndim != 2 or x.shape[1] != self.means.shape[1]:
             raise ValueError(f"x must have shape (B, {self.means.shape[1]}), got {tuple(x.shape)}")
-        abar = torch.as_tensor(abar, dtype=torch.float64).expand(len(x))[:, None]  # (B, 1)
-        centres = abar.sqrt()[..., None] * self.means  # (B, K, D)
-        var = abar * self.stds**2 + 1 - abar  # (B, K)
+        if scales is None:
+            abar = torch.as_tensor(abar, dtype=torch.float64).expand(len(x))[:, None]  # (B, 1)
+            scales = abar.sqrt(), (1 - abar).sqrt()
+        a, s = scales
+        centres = a[..., None] * self.means  # (B, K, D)
+        var = a**2 * self.stds**2 + s**2  # (B, K)
         log_w = self.weights.log().expand(len(x), -1)
         if y is not None:
             if self.labels is None:
@@ -158,3 +163,22 @@ class GaussianMixture:
         """E[x0 | x_t] (B, D) = (x_t + (1 - abar) grad log p_t(x_t)) / sqrt(abar) (Tweedie's formula)."""
         abar = torch.as_tensor(abar, dtype=torch.float64).expand(len(x))[:, None]
         return (torch.as_tensor(x, dtype=torch.float64) + (1 - abar) * self.score(x, abar[:, 0], y)) / abar.sqrt()
+
+    def flow_velocity(self, x, t, y=None) -> torch.Tensor:
+        """E[z - x0 | x_t = x] (B, D) on the flow path x_t = (1 - t) x0 + t z (t = 0 data, t = 1 noise): the exact
+        marginal velocity, the best possible flow-matching prediction. `t` a float or a (B,) tensor in [0, 1].
+
+        Component k stays Gaussian, N((1 - t) m_k, v_k I) with v_k = (1 - t)^2 s_k^2 + t^2, and within it (x0, z, x_t)
+        are jointly Gaussian: E[x0 | x_t, k] = m_k + (1 - t) s_k^2 (x - (1 - t) m_k) / v_k and E[z | x_t, k] =
+        t (x - (1 - t) m_k) / v_k. Their difference, averaged with the posterior weights of the components.
+        """
+        x = torch.as_tensor(x, dtype=torch.float64)
+        t = torch.as_tensor(t, dtype=torch.float64).expand(len(x))[:, None]  # (B, 1)
+        if bool(((t < 0) | (t > 1)).any()):
+            raise ValueError(f"t must lie in [0, 1] (0 data, 1 noise), got {t.min().item():g}..{t.max().item():g}")
+        a = 1 - t
+        log_joint, centres, var = self._log_components(x, None, y, scales=(a, t))
+        resp = log_joint.softmax(1)  # (B, K)
+        offset = (x[:, None, :] - centres) / var[..., None]  # (x - a m_k) / v_k, (B, K, D)
+        per_component = (t[..., None] - a[..., None] * self.stds[:, None] ** 2) * offset - self.means  # E[z - x0 | x_t, k]
+        return (resp[..., None] * per_component).sum(1)

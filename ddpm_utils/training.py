@@ -30,6 +30,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .config import get_device
 from .data import DATASETS, load_dataset
 from .diffusion import PREDICTIONS, WEIGHTINGS, GaussianDiffusion
+from .flow import PROCESSES, TIME_SAMPLINGS, FlowMatching
 from .samplers import sample
 from .unet import UNet, UNetConfig
 
@@ -38,8 +39,8 @@ from .unet import UNet, UNetConfig
 class TrainConfig:
     preset: str = "mnist"  # UNet preset (notebook 04): "tiny" for tests, "small" for a CPU, "mnist" for a GPU
     unet: dict = field(default_factory=dict)  # overrides of the preset's UNetConfig fields, e.g. {"dropout": 0.0}
-    schedule: str = "cosine"  # noise schedule name (schedules.make_betas)
-    T: int = 1000  # diffusion steps
+    schedule: str = "cosine"  # noise schedule name (schedules.make_betas); a diffusion's (a flow's path has none)
+    T: int = 1000  # diffusion steps (a flow: the Euler steps of sampling with all steps)
     batch_size: int = 128  # images per step (per process under torchrun)
     lr: float = 2e-4  # peak AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay
@@ -64,7 +65,9 @@ class TrainConfig:
     hflip: bool | None = None  # random horizontal flips of the training images (None = the data set's own: data.DATASETS)
     val_every: int = 0  # validation loss on held-out images every this many steps (0 = off)
     seed: int = 0  # seeds the data order, the noise and the initial weights
-    prediction: str = "eps"  # what the UNet predicts: a name in diffusion.PREDICTIONS (notebook 09)
+    process: str = "diffusion"  # "diffusion" (GaussianDiffusion, notebooks 02-10) or "flow" (flow.FlowMatching, notebook 11)
+    time_sampling: str = "uniform"  # flow only: how t is drawn, "uniform" or "logit-normal" (Esser et al. 2024)
+    prediction: str = ""  # what the UNet predicts: a name in diffusion.PREDICTIONS ("" = "eps", or "velocity" for a flow)
     learned_variance: bool = False  # also learn the reverse variance, trained with L_hybrid (Nichol & Dhariwal 2021)
     loss_weighting: str = "none"  # "none" (plain squared error of the target) or "min-snr" (Hang et al. 2023, gamma 5)
     hybrid_lambda: float = 0.001  # lambda in L_hybrid = L_simple + lambda L_vlb (with learned_variance only)
@@ -80,6 +83,15 @@ class TrainConfig:
             raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
         if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.p_uncond <= 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) and p_uncond in [0, 1], got {self.ema_decay}, {self.p_uncond}")
+        if self.process not in PROCESSES or self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"process must be one of {PROCESSES} and time_sampling one of {TIME_SAMPLINGS}, got "
+                             f"{self.process!r} and {self.time_sampling!r}")
+        self.prediction = self.prediction or ("velocity" if self.process == "flow" else "eps")
+        if self.process == "flow" and self.learned_variance:
+            raise ValueError("learned_variance is for a diffusion's reverse chain; a flow (process='flow') has none")
+        if self.process == "diffusion" and self.time_sampling != "uniform":
+            raise ValueError(f"time_sampling={self.time_sampling!r} is a flow's (process='flow'); a diffusion draws its "
+                             "integer t uniformly")
         if self.prediction not in PREDICTIONS or self.loss_weighting not in WEIGHTINGS:
             raise ValueError(f"prediction must be one of {tuple(PREDICTIONS)} and loss_weighting one of {WEIGHTINGS}, "
                              f"got {self.prediction!r} and {self.loss_weighting!r}")
@@ -96,6 +108,13 @@ class TrainConfig:
         if self.val_every < 0 or self.image_size < 0 or self.channels not in (0, 1, 3):
             raise ValueError(f"val_every and image_size must be >= 0 and channels 0, 1 or 3, got {self.val_every}, "
                              f"{self.image_size}, {self.channels}")
+
+
+def make_process(config: TrainConfig):
+    """The process `config` trains on: a `GaussianDiffusion` of its schedule, or a `FlowMatching` path."""
+    if config.process == "flow":
+        return FlowMatching(config.prediction, config.time_sampling, config.T)
+    return GaussianDiffusion.from_schedule(config.schedule, config.T, prediction=config.prediction)
 
 
 class StepBatchSampler(Sampler):
@@ -203,10 +222,11 @@ def fixed_subset(dataset, n: int = VAL_IMAGES, seed: int = 0) -> tuple[torch.Ten
 @torch.no_grad()
 def fixed_grid_loss(model, diffusion, x0: torch.Tensor, y: torch.Tensor | None, seed: int = 0, batch_size: int = 256) -> float:
     """L_simple (the unweighted loss of the network's target) averaged over x0 at VAL_TIMESTEPS evenly spaced
-    timesteps with noise fixed by `seed`: the same weights always give the same value, so successive values
-    of a run differ only because the weights did. Dropout is off while it runs."""
-    T, device, was_training = diffusion.num_timesteps, diffusion.betas.device, model.training
-    grid = ((torch.arange(VAL_TIMESTEPS) + 0.5) * T / VAL_TIMESTEPS).long()
+    timesteps (flow times, for a flow) with noise fixed by `seed`: the same weights always give the same value, so
+    successive values of a run differ only because the weights did. Dropout is off while it runs."""
+    device, was_training = next(iter(diffusion.buffers())).device, model.training
+    grid = (torch.arange(VAL_TIMESTEPS) + 0.5) / VAL_TIMESTEPS  # flow time t; a diffusion's code t is T times it
+    grid = grid if diffusion.process == "flow" else (grid * diffusion.num_timesteps).long()
     g = torch.Generator().manual_seed(seed)
     model.eval()
     total = 0.0
@@ -270,7 +290,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
     unet = {"image_size": dataset.image_size, "in_channels": dataset.channels, "num_classes": dataset.num_classes,
             "learned_variance": config.learned_variance, **config.unet}
     model = UNet(UNetConfig.preset(config.preset, **unet)).to(device)
-    diffusion = GaussianDiffusion.from_schedule(config.schedule, config.T, prediction=config.prediction).to(device)
+    diffusion = make_process(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))

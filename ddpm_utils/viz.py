@@ -346,3 +346,35 @@ def point_samples(sets: dict, mix=None, lim: float = 3.5, title: str | None = No
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.92) if title else None)
     return fig
+
+
+def flow_field(mix, t: float = 0.5, model=None, y: int | None = None, lim: float = 3.5, n: int = 19, ax=None) -> Figure:
+    """The density of x_t on the flow path x_t = (1 - t) x0 + t z (shaded) for a 2-D `GaussianMixture` and its exact
+    marginal velocity E[z - x0 | x_t] (black arrows) at flow time `t`; with a `model` (told 1000 t, as in training),
+    its learned velocity too (orange): the velocity widget. Arrows point towards the noise: a sampler walks
+    against them. Draws into `ax` if given (and returns its figure)."""
+    from .flow import TIME_SCALE, diffusion_abar
+
+    if not 0 <= t <= 1:
+        return _error_figure(f"t must lie in [0, 1] (0 data, 1 noise), got {t}")
+    pts, grid = plane_grid(lim, n), plane_grid(lim, 121)
+    # the flow's x_t is the variance-preserving x at abar(t), times sqrt((1 - t)^2 + t^2): its density, rescaled
+    norm = ((1 - t) ** 2 + t**2) ** 0.5
+    density = mix.log_prob(grid / norm, diffusion_abar(t), y).exp().reshape(121, 121)
+    if ax is None:
+        ax = new_figure(figsize=(4.6, 4.4)).add_subplot()
+    fig = ax.figure
+    ax.imshow(density.numpy(), extent=(-lim, lim, -lim, lim), origin="lower", cmap="Blues")
+    arrows = {"exact velocity": (mix.flow_velocity(pts, t, y), "black")}
+    if model is not None:
+        tt = torch.full((len(pts),), TIME_SCALE * t)
+        labels = None if y is None else torch.full((len(pts),), y, dtype=torch.long)
+        with torch.no_grad():
+            arrows["learned velocity"] = (model(pts.float(), tt, labels).double(), "tab:orange")
+    scale = max(v.norm(dim=1).max().item() for v, _ in arrows.values()) / (2 * lim / n)  # the longest arrow spans one cell
+    for label, (v, colour) in arrows.items():
+        ax.quiver(pts[:, 0], pts[:, 1], v[:, 0], v[:, 1], color=colour, angles="xy", scale_units="xy", scale=scale,
+                  width=0.004, label=label)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="$x_1$", ylabel="$x_2$", aspect="equal", title=f"flow time t = {t:.2f}")
+    ax.legend(loc="lower left", fontsize=8)
+    return fig

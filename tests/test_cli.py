@@ -34,7 +34,27 @@ def run(tmp_path_factory):
     return out
 
 
-def bad_inputs(run, tmp_path):
+@pytest.fixture(scope="module")
+def flow_run(tmp_path_factory):
+    """A finished 2-step tiny flow-matching run."""
+    out = tmp_path_factory.mktemp("flow")
+    assert main(["train", "--process", "flow", "--preset", "tiny", "--max-steps", "2", "--batch-size", "4", "--sample-steps", "2",
+                 "--data-source", "bundled", "--device", "cpu", "--out", str(out)]) == 0
+    return out
+
+
+def test_a_flow_checkpoint_samples_and_draws_its_figures(flow_run, tmp_path, capsys):
+    assert main(["sample", "--checkpoint", str(flow_run / "last.pt"), "--sampler", "heun", "--steps", "2", "--num", "4",
+                 "--out", str(tmp_path / "flow.png")]) == 0
+    assert main(["figures", "--checkpoint", str(flow_run / "last.pt"), "--steps", "2", "--gif-steps", "2", "--out", str(tmp_path)]) == 0
+    assert main(["evaluate", "--checkpoint", str(flow_run / "last.pt"), "--sampler", "euler", "--steps", "2", "--num", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "EULER 2, s=3" in out and "real training images" in out
+    assert (tmp_path / "flow.png").stat().st_size > 0 and "guidance.png" in out and "denoising.gif" in out
+    assert not (tmp_path / "schedules.png").exists()  # a checkpoint's figures are its samples only
+
+
+def bad_inputs(run, tmp_path, flow_run):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
     tiny = ["--preset", "tiny", "--T", "20", "--batch-size", "4", "--data-source", "bundled", "--sample-steps", "2"]
@@ -68,6 +88,12 @@ def bad_inputs(run, tmp_path):
                                             "--classifier-scale", "2", "--out", str(tmp_path / "x.png")], "trained on x_t of schedule"),
         "zero epochs": (["train-noisy-classifier", "--epochs", "0", "--out", str(tmp_path / "c.pt")], "--epochs must be >= 1"),
         "not a device": (["sample", "--device", "gpu0", "--out", "x.png"], "is not a device name"),
+        "flow with learned variance": (["train", "--out", str(tmp_path), "--process", "flow", "--learned-variance"],
+                                       "a flow (process='flow') has none"),
+        "time sampling of a diffusion": (["train", "--out", str(tmp_path), "--time-sampling", "logit-normal"],
+                                         "is a flow's (process='flow')"),
+        "bound of a flow": (["evaluate", "--checkpoint", str(flow_run / "last.pt"), "--nll", "2", "--num", "2"],
+                            "holds a flow-matching model, which has no reverse chain"),
     } | ({} if torch.cuda.is_available() else {"no such GPU": (["sample", "--device", "cuda", "--out", "x.png"],
                                                                "no CUDA GPU is available")})
 
@@ -77,8 +103,8 @@ def message_lines(err: str) -> list[str]:
     return [line for line in re.split(r"[\r\n]+", err) if line.strip() and "it/s]" not in line]
 
 
-def test_every_user_error_is_one_line_and_exit_code_2(run, tmp_path, capsys):
-    for name, (args, words) in bad_inputs(run, tmp_path).items():
+def test_every_user_error_is_one_line_and_exit_code_2(run, flow_run, tmp_path, capsys):
+    for name, (args, words) in bad_inputs(run, tmp_path, flow_run).items():
         assert main(args) == 2, name
         err = capsys.readouterr().err
         assert words in err and len(message_lines(err)) == 1 and "Traceback" not in err, (name, err)

@@ -14,7 +14,8 @@ from ddpm_utils.notebook import NOTEBOOKS, colab_url
 EXERCISE_NOTEBOOKS = sorted(EXERCISES.glob("[0-9][0-9]_*.ipynb"))
 REQUIRED = ["def log_normal", "def kl_gauss", "def q_sample", "def my_cosine_betas", "def posterior_coefficients", "def embed",
             "def rotation", "class MyResBlock", "def my_group_norm", "def ema_step", "def my_loss", "def ancestral_step",
-            "def my_ddim_step", "def drop_labels", "def my_guided_eps", "def to_model_input"]
+            "def my_ddim_step", "def drop_labels", "def my_guided_eps", "def to_model_input", "def flow_pair",
+            "def velocity_to_eps", "def flow_euler_step"]
 
 
 def test_strip_solutions_keeps_indentation_and_rejects_unbalanced_blocks():
