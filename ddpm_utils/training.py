@@ -72,6 +72,12 @@ class TrainConfig:
     loss_weighting: str = "none"  # "none" (plain squared error of the target) or "min-snr" (Hang et al. 2023, gamma 5)
     hybrid_lambda: float = 0.001  # lambda in L_hybrid = L_simple + lambda L_vlb (with learned_variance only)
 
+    @property
+    def network_target(self) -> str:
+        """What the network predicts: `prediction`, or for "" the process's own (eps; velocity for a flow). Resolved
+        here, not stored, so that `dataclasses.replace(config, process="flow")` gets the flow's own."""
+        return _network_target(dataclasses.asdict(self))
+
     def __post_init__(self):
         for name in ("batch_size", "max_steps", "T", "checkpoint_every", "sample_steps"):
             if getattr(self, name) < 1:
@@ -86,13 +92,12 @@ class TrainConfig:
         if self.process not in PROCESSES or self.time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"process must be one of {PROCESSES} and time_sampling one of {TIME_SAMPLINGS}, got "
                              f"{self.process!r} and {self.time_sampling!r}")
-        self.prediction = self.prediction or ("velocity" if self.process == "flow" else "eps")
         if self.process == "flow" and self.learned_variance:
             raise ValueError("learned_variance is for a diffusion's reverse chain; a flow (process='flow') has none")
         if self.process == "diffusion" and self.time_sampling != "uniform":
             raise ValueError(f"time_sampling={self.time_sampling!r} is a flow's (process='flow'); a diffusion draws its "
                              "integer t uniformly")
-        if self.prediction not in PREDICTIONS or self.loss_weighting not in WEIGHTINGS:
+        if self.network_target not in PREDICTIONS or self.loss_weighting not in WEIGHTINGS:
             raise ValueError(f"prediction must be one of {tuple(PREDICTIONS)} and loss_weighting one of {WEIGHTINGS}, "
                              f"got {self.prediction!r} and {self.loss_weighting!r}")
         if not self.hybrid_lambda >= 0:
@@ -113,8 +118,13 @@ class TrainConfig:
 def make_process(config: TrainConfig):
     """The process `config` trains on: a `GaussianDiffusion` of its schedule, or a `FlowMatching` path."""
     if config.process == "flow":
-        return FlowMatching(config.prediction, config.time_sampling, config.T)
-    return GaussianDiffusion.from_schedule(config.schedule, config.T, prediction=config.prediction)
+        return FlowMatching(config.network_target, config.time_sampling, config.T)
+    return GaussianDiffusion.from_schedule(config.schedule, config.T, prediction=config.network_target)
+
+
+def _network_target(fields: dict) -> str:
+    """What a config's network predicts: its `prediction`, or ("") its process's own (eps, or velocity for a flow)."""
+    return fields["prediction"] or ("velocity" if fields["process"] == "flow" else "eps")
 
 
 class StepBatchSampler(Sampler):
@@ -301,7 +311,9 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
         ckpt = load_checkpoint(path, model=model, diffusion=diffusion, map_location=device)
         saved = ckpt.data["extra"]
         then = {**dataclasses.asdict(TrainConfig()), **saved["train_config"]}  # fields added since: their defaults
-        changed = {k: (v, then[k]) for k, v in dataclasses.asdict(config).items()
+        now = dataclasses.asdict(config)
+        now["prediction"], then["prediction"] = _network_target(now), _network_target(then)  # "" and its meaning agree
+        changed = {k: (v, then[k]) for k, v in now.items()
                    if k not in ("max_steps", "val_every", "keep_every") and then[k] != v}  # these leave the weights alone
         if changed:
             raise ValueError(f"{path} was trained with a different TrainConfig (now vs then): {changed}. To train with "
