@@ -151,6 +151,26 @@ def _null_label(model) -> int:
     return num_classes
 
 
+def drop_labels(model, y: torch.Tensor | None, p_uncond: float, generator=None) -> torch.Tensor | None:
+    """Each label replaced by the model's null label with probability `p_uncond` (Ho & Salimans 2022): one network
+    learns the conditional and the unconditional model. Draws where the generator lives."""
+    if y is None or p_uncond == 0:
+        return y
+    gen_device = y.device if generator is None else generator.device
+    drop = torch.rand(y.shape[0], generator=generator, device=gen_device).to(y.device) < p_uncond
+    return torch.where(drop, torch.full_like(y, _null_label(model)), y)
+
+
+def loss_weight_from_snr(snr: torch.Tensor, prediction: str, weighting: str = "none") -> torch.Tensor:
+    """Per-sample weight (B,) of the squared error of `prediction`'s target at signal-to-noise ratios `snr` (B,): 1
+    ("none"), or Min-SNR-gamma's min(SNR, gamma) on the x0-error divided by the target's own error scale ("min-snr")."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if weighting == "none":
+        return torch.ones_like(snr)
+    return snr.clamp(max=MIN_SNR_GAMMA) / PREDICTIONS[prediction].error_scale(snr)
+
+
 def _mean_flat_bits(x: torch.Tensor) -> torch.Tensor:
     """Average over all but the batch dimension, converted from nats to bits: (B,)."""
     return x.flatten(1).mean(1) / math.log(2.0)
@@ -381,12 +401,7 @@ class GaussianDiffusion(nn.Module):
         x0-error by min(SNR, gamma); divided by each target's own factor, all three targets give
         the same loss for the same x0-error. "none" is the plain squared error of the target.
         """
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"loss_weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        snr = self.snr(t)
-        if weighting == "none":
-            return torch.ones_like(snr)
-        return snr.clamp(max=MIN_SNR_GAMMA) / PREDICTIONS[self.prediction].error_scale(snr)
+        return loss_weight_from_snr(self.snr(t), self.prediction, weighting)
 
     def training_loss(self, model, x0, y=None, p_uncond: float = 0.0, t=None, noise=None, generator=None,
                       loss_weighting: str = "none", hybrid_lambda: float = 0.001):
@@ -411,9 +426,7 @@ class GaussianDiffusion(nn.Module):
             t = torch.randint(0, self.num_timesteps, (B,), generator=generator, device=gen_device).to(device)
         if noise is None:
             noise = randn(x0.shape, device, generator)
-        if y is not None and p_uncond > 0:
-            drop = torch.rand(B, generator=generator, device=gen_device).to(device) < p_uncond
-            y = torch.where(drop, torch.full_like(y, _null_label(model)), y)
+        y = drop_labels(model, y, p_uncond, generator)
         x_t = self.q_sample(x0, t, noise)
         prediction, var_interp = split_output(model(x_t, t, y).float(), x0)  # float: the bound needs more than bf16
         squared_error = (prediction - self.training_target(x0, t, noise)).square().flatten(1).mean(1)  # (B,)

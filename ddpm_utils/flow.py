@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .diffusion import MIN_SNR_GAMMA, PREDICTIONS, WEIGHTINGS, _check_eps, _check_images, _null_label, randn, split_output
+from .diffusion import PREDICTIONS, _check_eps, _check_images, drop_labels, loss_weight_from_snr, randn, split_output
 from .samplers import sample
 
 PROCESSES = ("diffusion", "flow")  # TrainConfig.process: a GaussianDiffusion (notebooks 02-10) or a FlowMatching path
@@ -138,12 +138,7 @@ class FlowMatching(nn.Module):
 
     def loss_weight(self, t, weighting: str = "none") -> torch.Tensor:
         """Per-sample weight (B,): 1, or Min-SNR-gamma's min(SNR, gamma) on the x0 error, as `GaussianDiffusion.loss_weight`."""
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"loss_weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if weighting == "none":
-            return torch.ones_like(t)
-        snr = self.snr(t)
-        return snr.clamp(max=MIN_SNR_GAMMA) / PREDICTIONS[self.prediction].error_scale(snr)
+        return loss_weight_from_snr(self.snr(t), self.prediction, weighting)
 
     def training_loss(self, model, x0, y=None, p_uncond: float = 0.0, t=None, noise=None, generator=None,
                       loss_weighting: str = "none", hybrid_lambda: float = 0.0):
@@ -156,15 +151,11 @@ class FlowMatching(nn.Module):
         _check_images(x0)
         if not 0.0 <= p_uncond <= 1.0:
             raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond!r}")
-        B, device = x0.shape[0], x0.device
-        gen_device = device if generator is None else generator.device
         if t is None:
-            t = self.sample_t(B, device, generator)
+            t = self.sample_t(x0.shape[0], x0.device, generator)
         if noise is None:
-            noise = randn(x0.shape, device, generator)
-        if y is not None and p_uncond > 0:
-            drop = torch.rand(B, generator=generator, device=gen_device).to(device) < p_uncond
-            y = torch.where(drop, torch.full_like(y, _null_label(model)), y)
+            noise = randn(x0.shape, x0.device, generator)
+        y = drop_labels(model, y, p_uncond, generator)
         x_t = self.q_sample(x0, t, noise)
         prediction, var_interp = split_output(model(x_t, TIME_SCALE * t, y).float(), x0)
         if var_interp is not None:
