@@ -309,10 +309,6 @@ def score_field(mix, diffusion, t: int = 0, model=None, y: int | None = None, li
     abar = diffusion.alphas_cumprod.double()[t]
     density = mix.log_prob(plane_grid(lim, 121), abar, y).exp().reshape(121, 121)
     pts = plane_grid(lim, n)  # (n * n, 2): where the arrows start
-    if ax is None:
-        ax = new_figure(figsize=(4.6, 4.4)).add_subplot()
-    fig = ax.figure
-    ax.imshow(density.numpy(), extent=(-lim, lim, -lim, lim), origin="lower", cmap="Blues")
     arrows = {"exact score": (mix.score(pts, abar, y), "black")}
     if model is not None:
         tt = torch.full((len(pts),), t, dtype=torch.long)
@@ -320,14 +316,22 @@ def score_field(mix, diffusion, t: int = 0, model=None, y: int | None = None, li
         with torch.no_grad():
             eps = model(pts.float(), tt, labels).double()
         arrows["learned score"] = (-eps / (1 - abar).sqrt(), "tab:orange")
-    scale = max(v.norm(dim=1).max().item() for v, _ in arrows.values()) / (2 * lim / n)  # the longest arrow spans one cell
+    return _field(density, pts, arrows, lim, n, f"t = {t + 1} (paper), abar = {abar:.3f}", ax)
+
+
+def _field(density, pts, arrows: dict, lim: float, n: int, title: str, ax=None) -> Figure:
+    """A density (shaded, on a square grid over [-lim, lim]^2) and arrows {label: ((n * n, 2) vectors at `pts`,
+    colour)}, all rescaled alike so that the longest spans one grid cell: the score and velocity widgets."""
+    if ax is None:
+        ax = new_figure(figsize=(4.6, 4.4)).add_subplot()
+    ax.imshow(density.numpy(), extent=(-lim, lim, -lim, lim), origin="lower", cmap="Blues")
+    scale = max(v.norm(dim=1).max().item() for v, _ in arrows.values()) / (2 * lim / n)
     for label, (v, colour) in arrows.items():
         ax.quiver(pts[:, 0], pts[:, 1], v[:, 0], v[:, 1], color=colour, angles="xy", scale_units="xy", scale=scale,
                   width=0.004, label=label)
-    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="$x_1$", ylabel="$x_2$", aspect="equal",
-           title=f"t = {t + 1} (paper), abar = {abar:.3f}")
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="$x_1$", ylabel="$x_2$", aspect="equal", title=title)
     ax.legend(loc="lower left", fontsize=8)
-    return fig
+    return ax.figure
 
 
 def point_samples(sets: dict, mix=None, lim: float = 3.5, title: str | None = None) -> Figure:
@@ -361,20 +365,10 @@ def flow_field(mix, t: float = 0.5, model=None, y: int | None = None, lim: float
     # the flow's x_t is the variance-preserving x at abar(t), times sqrt((1 - t)^2 + t^2): its density, rescaled
     norm = ((1 - t) ** 2 + t**2) ** 0.5
     density = mix.log_prob(grid / norm, diffusion_abar(t), y).exp().reshape(121, 121)
-    if ax is None:
-        ax = new_figure(figsize=(4.6, 4.4)).add_subplot()
-    fig = ax.figure
-    ax.imshow(density.numpy(), extent=(-lim, lim, -lim, lim), origin="lower", cmap="Blues")
     arrows = {"exact velocity": (mix.flow_velocity(pts, t, y), "black")}
     if model is not None:
         tt = torch.full((len(pts),), TIME_SCALE * t)
         labels = None if y is None else torch.full((len(pts),), y, dtype=torch.long)
         with torch.no_grad():
             arrows["learned velocity"] = (model(pts.float(), tt, labels).double(), "tab:orange")
-    scale = max(v.norm(dim=1).max().item() for v, _ in arrows.values()) / (2 * lim / n)  # the longest arrow spans one cell
-    for label, (v, colour) in arrows.items():
-        ax.quiver(pts[:, 0], pts[:, 1], v[:, 0], v[:, 1], color=colour, angles="xy", scale_units="xy", scale=scale,
-                  width=0.004, label=label)
-    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="$x_1$", ylabel="$x_2$", aspect="equal", title=f"flow time t = {t:.2f}")
-    ax.legend(loc="lower left", fontsize=8)
-    return fig
+    return _field(density, pts, arrows, lim, n, f"flow time t = {t:.2f}", ax)
