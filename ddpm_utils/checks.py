@@ -594,6 +594,13 @@ def check_dpm_solver_update(fn) -> None:
 
 
 # ---- notebook 11 -----------------------------------------------------------------------------
+def _pair(name: str, case: str, got, what: str) -> tuple:
+    """`got` if it is a pair, else a CheckFailed that asks for the pair `what`."""
+    if not (isinstance(got, tuple) and len(got) == 2):
+        raise CheckFailed(f"{name}, case {case}: return the pair {what}, got {_show(got)}")
+    return got
+
+
 def check_flow_pair(fn) -> None:
     """`fn(x0, z, t)` with t (B, 1): (x_t, u) = ((1 - t) x0 + t z, z - x0), the flow path and its velocity."""
     __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
@@ -602,10 +609,7 @@ def check_flow_pair(fn) -> None:
                            torch.full((5, 1), 0.3, dtype=torch.float64))):
         x0, z = _points(110 + i), _points(120 + i)
         case = f"t = {t.flatten().tolist()}"
-        got = _call("flow pair", case, fn, x0, z, t)
-        if not (isinstance(got, tuple) and len(got) == 2):
-            raise CheckFailed(f"flow pair, case {case}: return the pair (x_t, u), got {_show(got)}")
-        x_t, u = got
+        x_t, u = _pair("flow pair", case, _call("flow pair", case, fn, x0, z, t), "(x_t, u)")
         mistakes = {
             "t = 0 is the data and t = 1 the noise: x_t = (1 - t) x0 + t z, not t x0 + (1 - t) z.": t * x0 + (1 - t) * z,
             "this is the variance-preserving path sqrt(1 - t) x0 + sqrt(t) z; the flow's is straight, with no square roots.":
@@ -649,10 +653,7 @@ def check_velocity_to_eps(fn) -> None:
         x_t, u = (1 - t) * x0 + t * z, z - x0
         z_lib, x0_lib = flow.eps_and_x0(u, x_t, t.flatten())
         case = f"t = {t.flatten().tolist()}"
-        got = _call("velocity to (eps, x0)", case, fn, u, x_t, t)
-        if not (isinstance(got, tuple) and len(got) == 2):
-            raise CheckFailed(f"velocity to (eps, x0), case {case}: return the pair (eps, x0), got {_show(got)}")
-        eps, x0_got = got
+        eps, x0_got = _pair("velocity to (eps, x0)", case, _call("velocity to (eps, x0)", case, fn, u, x_t, t), "(eps, x0)")
         mistakes = {
             "from x_t = x0 + t u: x0 = x_t - t u (you used 1 - t).": x_t - (1 - t) * u,
             "from x_t = x0 + t u: x0 = x_t MINUS t u.": x_t + t * u,

@@ -25,22 +25,23 @@ def test_help_lists_every_command_and_train_options_explain_themselves(capsys):
     assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"ddpm_utils {__version__}"
 
 
+def _tiny_run(out, *options):
+    """A finished 2-step run of the tiny preset in `out`, with `options` added to `ddpm train`."""
+    assert main(["train", *options, "--preset", "tiny", "--max-steps", "2", "--batch-size", "4", "--sample-steps", "2",
+                 "--data-source", "bundled", "--device", "cpu", "--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finished 2-step tiny run to resume and sample from."""
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--preset", "tiny", "--max-steps", "2", "--batch-size", "4", "--T", "20", "--sample-steps", "2",
-                 "--data-source", "bundled", "--device", "cpu", "--out", str(out)]) == 0
-    return out
+    return _tiny_run(tmp_path_factory.mktemp("run"), "--T", "20")
 
 
 @pytest.fixture(scope="module")
 def flow_run(tmp_path_factory):
     """A finished 2-step tiny flow-matching run."""
-    out = tmp_path_factory.mktemp("flow")
-    assert main(["train", "--process", "flow", "--preset", "tiny", "--max-steps", "2", "--batch-size", "4", "--sample-steps", "2",
-                 "--data-source", "bundled", "--device", "cpu", "--out", str(out)]) == 0
-    return out
+    return _tiny_run(tmp_path_factory.mktemp("flow"), "--process", "flow")
 
 
 def test_a_flow_checkpoint_samples_and_draws_its_figures(flow_run, tmp_path, capsys):
