@@ -33,10 +33,14 @@ import time
 import torch
 
 from . import __version__
+from .autoencoder import PRESETS as AE_PRESETS
+from .autoencoder import AutoencoderTrainConfig, train_autoencoder
 from .checkpoints import dataset_info, load_checkpoint, load_pretrained
 from .data import DATASETS, SOURCES
 from .diffusion import PREDICTIONS, WEIGHTINGS
 from .flow import PROCESSES, TIME_SAMPLINGS
+from .latent import condition, num_labels, to_pixels
+from .prompts import encode as encode_prompt
 from .samplers import DEFAULT_SPACING, SAMPLERS, SPACINGS, sample
 from .schedules import SCHEDULES
 from .training import TrainConfig, train
@@ -103,15 +107,21 @@ def _parser() -> argparse.ArgumentParser:
     lc.add_argument("--seed", type=int, default=0, help="seed of the starting noise, the same for every snapshot (default 0)")
     lc.add_argument("--out", help="PNG file for the figure (default RUN/learning_curve.png)")
 
-    x = command("export", _export, "write a run's EMA weights as a small file in the bundled format (no optimizer state) "
-                "and print its SHA-256 (to replace ddpm_utils/assets/ddpm_mnist.pt: also put the digest into checkpoints.PRETRAINED)")
-    x.add_argument("--checkpoint", required=True, help="checkpoint from `train` (OUT/last.pt)")
+    x = command("export", _export, "write a run's EMA weights (or an autoencoder's weights) as a small file in the bundled "
+                "format (no optimizer state) and print its SHA-256 (to replace ddpm_utils/assets/ddpm_mnist.pt: also put the "
+                "digest into checkpoints.PRETRAINED; for assets/autoencoder_mnist.pt, autoencoder.PRETRAINED)")
+    x.add_argument("--checkpoint", required=True, help="checkpoint from `train` (OUT/last.pt) or `train-autoencoder` "
+                   "(OUT/autoencoder.pt)")
     x.add_argument("--out", required=True, help="file to write")
 
     s = command("sample", _sample, "draw a grid of samples to a PNG file (the bundled model unless --checkpoint)")
     s.add_argument("--out", required=True, help="PNG file to write")
     s.add_argument("--checkpoint", help="checkpoint from `train` (default: the bundled pretrained model)")
     s.add_argument("--label", help="the class to draw, by name (e.g. airplane, or 3 for MNIST) or index (default: one row per class)")
+    s.add_argument("--prompt", help="what to draw, for a model trained with --prompts: words of its vocabulary, e.g. "
+                   "'thick slanted 7' ('' = the empty prompt)")
+    s.add_argument("--autoencoder", help="a latent model's autoencoder, if it is no longer where it was trained "
+                   "(default: the file its checkpoint names)")
     s.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale s (default 3; class-conditional models only)")
     s.add_argument("--classifier-scale", type=float, default=0.0,
                    help="classifier guidance with the bundled noise-aware classifier (default 0 = off; "
@@ -139,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--classifier", help="judge with this classifier from `train-classifier --dataset` (needed for any data "
                    "but MNIST; default: the shipped MNIST classifier)")
     e.add_argument("--data-dir", help="where the classifier's data set is (default: the folder recorded in its file)")
+    e.add_argument("--autoencoder", help="a latent model's autoencoder, if it is no longer where it was trained "
+                   "(default: the file its checkpoint names)")
 
     cs = command("compare-samplers", _compare_samplers, "every sampler x spacing by network evaluations: error on the "
                  "exact 2-D ODE (--exact), or the quality of a model's digits")
@@ -150,6 +162,16 @@ def _parser() -> argparse.ArgumentParser:
     cs.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
     cs.add_argument("--num", type=int, default=200, help="samples per setting (default 200)")
     cs.add_argument("--seed", type=int, default=0, help="seed of the starting noise, the same for every setting (default 0)")
+
+    a = command("train-autoencoder", _train_autoencoder, "train the autoencoder of latent diffusion (notebook 12); writes "
+                "OUT/autoencoder.pt (with the measured latent scale) and OUT/reconstructions.png")
+    a.add_argument("--out", required=True, help="run folder")
+    a.add_argument("--resume", action="store_true", help="continue exactly from OUT/autoencoder.pt")
+    ae_defaults, ae_comments = AutoencoderTrainConfig(), field_help(AutoencoderTrainConfig)
+    for f in dataclasses.fields(AutoencoderTrainConfig):
+        kind, default = {"int": int, "float": float, "str": str}[f.type], getattr(ae_defaults, f.name)
+        a.add_argument("--" + f.name.replace("_", "-"), type=kind, default=default, help=f"{ae_comments[f.name]} (default {default})",
+                       choices={"preset": list(AE_PRESETS), "dataset": list(DATASETS), "data_source": list(SOURCES)}.get(f.name))
 
     b = command("bench", _bench, "measure training and sampling images/s")
     b.add_argument("--preset", default="mnist", choices=sorted(PRESETS), help="UNet preset (default mnist)")
@@ -216,6 +238,12 @@ def _train(args) -> None:
         print(f"wrote {result['checkpoint']} and {args.out}/samples.png")
 
 
+def _train_autoencoder(args) -> None:
+    fields = {f.name for f in dataclasses.fields(AutoencoderTrainConfig)}
+    train_autoencoder(AutoencoderTrainConfig(**{k: v for k, v in vars(args).items() if k in fields}), args.out,
+                      resume=args.resume, device=_device(args.device))
+
+
 def _train_classifier(args) -> None:
     from .checkpoints import sha256
     from .classifier import save_classifier, train_classifier
@@ -240,7 +268,10 @@ def _train_noisy_classifier(args) -> None:
 
     if args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-    _, diffusion, _ = _model(args.checkpoint, "cpu")
+    _, diffusion, _, ae = _model(args.checkpoint, "cpu")
+    if ae is not None:
+        raise ValueError("the noise-aware classifier is trained on pixel images at a DDPM's noise levels; this checkpoint is "
+                         "a latent model")
     model, acc = train_noisy_classifier(diffusion, epochs=args.epochs, seed=args.seed)
     save_noisy_classifier(model, args.out)
     print("held-out accuracy by paper t: " + ", ".join(f"t={t}: {a:.1%}" for t, a in acc.items()))
@@ -260,9 +291,11 @@ def _compare_samplers(args) -> None:
     if set(samplers) - set(SAMPLERS) or set(spacings) - set(SPACINGS):
         raise ValueError(f"--sampler must name samplers from {tuple(SAMPLERS)} and --spacing spacings from {SPACINGS}, "
                          f"got {args.sampler!r} and {args.spacing!r}")
-    model, diffusion, info = _model(args.checkpoint, args.device)
-    if info["name"] != "mnist":
-        raise ValueError(f"compare-samplers judges MNIST digits with the shipped classifier; this model makes {info['name']}")
+    model, diffusion, info, ae = _model(args.checkpoint, args.device)
+    if info["name"] != "mnist" or ae is not None or model.config.context_len:
+        raise ValueError(f"compare-samplers judges a pixel-space MNIST label model's digits with the shipped classifier; this "
+                         f"model makes {info['name']}{' latents' if ae is not None else ''}"
+                         f"{' from prompts' if model.config.context_len else ''} (evaluate --sampler scores one sampler)")
     evaluator = Evaluator(next(model.parameters()).device)
     print(sampler_study.format_quality([]))
     rows = sampler_study.quality_table(model, diffusion, evaluator, _numbers(args.nfe or "5,10,20", int, "--nfe"), args.num,
@@ -285,9 +318,13 @@ def _figures(args) -> None:
 
 
 def _export(args) -> None:
+    from .autoencoder import FORMAT, export_autoencoder
     from .checkpoints import export_weights, sha256
 
-    path = export_weights(args.checkpoint, args.out)
+    if torch.load(args.checkpoint, map_location="cpu", weights_only=True).get("format") == FORMAT:
+        path = export_autoencoder(args.checkpoint, args.out)
+    else:
+        path = export_weights(args.checkpoint, args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, SHA-256 {sha256(path)})")
 
 
@@ -322,14 +359,19 @@ def _nbgrader_course(args) -> None:
     print(f"wrote {out / 'nbgrader_config.py'}; next: cd {out} && nbgrader generate_assignment {path.parent.name}")
 
 
-def _model(checkpoint, device_name):
-    """(model, diffusion, its training data's record) from a checkpoint's EMA weights, or the bundled model."""
+def _model(checkpoint, device_name, autoencoder=None):
+    """(model, diffusion, its training data's record, a latent model's autoencoder or None) from a checkpoint's EMA
+    weights, or the bundled model. `autoencoder`: where a latent model's autoencoder is, if not where it was."""
+    from .latent import load_decoder
+
     device = _device(device_name)
     if checkpoint:
         ckpt = load_checkpoint(checkpoint, use_ema=True, map_location=device)
-        return ckpt.model.eval(), ckpt.diffusion, ckpt.dataset
+        return ckpt.model.eval(), ckpt.diffusion, ckpt.dataset, load_decoder(ckpt.autoencoder, autoencoder, device)
+    if autoencoder:
+        raise ValueError("--autoencoder is for a latent model's checkpoint (--checkpoint); the bundled model works on pixels")
     model, diffusion = load_pretrained("mnist", device=device)
-    return model, diffusion, dataset_info({}, model.config)
+    return model, diffusion, dataset_info({}, model.config), None
 
 
 def _label(text: str, info: dict) -> int:
@@ -346,7 +388,9 @@ def _label(text: str, info: dict) -> int:
     raise ValueError(f"--label {text!r} is not a class of this model; its classes are {names} (or indices 0..{len(names) - 1})")
 
 
-def _check_classifier_scale(info: dict) -> None:
+def _check_classifier_scale(info: dict, autoencoder=None) -> None:
+    if autoencoder is not None:
+        raise ValueError("--classifier-scale guides by a classifier of noisy pixel images; a latent model's x_t are latents")
     if info["name"] != "mnist":
         raise ValueError(f"--classifier-scale uses the bundled noise-aware MNIST classifier; this model was trained on "
                          f"{info['name']} ({info['channels']}x{info['image_size']}x{info['image_size']})")
@@ -377,10 +421,11 @@ def _evaluate(args) -> None:
         raise ValueError(f"--num must be >= 2 and --steps >= 0, got {args.num} and {args.steps}")
     for n in steps:
         _sampler(args.sampler, n, args.ancestral)  # a clear error before anything is loaded
-    model, diffusion, info = _model(args.checkpoint, args.device)
-    if args.nll and diffusion.process == "flow":
-        raise ValueError("--nll is a diffusion's variational bound; this checkpoint holds a flow-matching model, which has "
-                         "no reverse chain to bound: leave out --nll")
+    model, diffusion, info, autoencoder = _model(args.checkpoint, args.device, args.autoencoder)
+    if args.nll and (diffusion.process == "flow" or autoencoder is not None):
+        what = ("a flow-matching model, which has no reverse chain to bound" if autoencoder is None
+                else "a latent model (a bound on latents is not one on pixels)")
+        raise ValueError(f"--nll is a pixel diffusion's variational bound; this checkpoint holds {what}: leave out --nll")
     if info["name"] != "mnist" and not info["class_names"]:
         raise ValueError(f"this model was trained on unlabelled images ({info['name']}): there are no classes to train a judging "
                          "classifier on; look at its samples and their nearest training images instead (notebook 08)")
@@ -389,7 +434,7 @@ def _evaluate(args) -> None:
                          f"with `ddpm train-classifier --dataset {info['name']} --data-dir DIR --image-size {info['image_size']} "
                          "--out classifier.pt` and pass --classifier classifier.pt")
     evaluator = Evaluator(next(model.parameters()).device, classifier=args.classifier, data_dir=args.data_dir)
-    shape = (model.config.in_channels, model.config.image_size, model.config.image_size)
+    shape = (info["channels"], info["image_size"], info["image_size"])  # the images it makes (a latent model's: decoded)
     if shape != evaluator.shape or (model.num_classes and evaluator.class_names != info["class_names"]):
         raise ValueError(f"the classifier judges {evaluator.shape} images of classes {evaluator.class_names}; the model makes "
                          f"{shape} images of classes {info['class_names']}")
@@ -402,7 +447,7 @@ def _evaluate(args) -> None:
     classifier_scales = _numbers(args.classifier_scale, float, "--classifier-scale") if args.classifier_scale else []
     classifier = None
     if classifier_scales:
-        _check_classifier_scale(info)
+        _check_classifier_scale(info, autoencoder)
         from .classifier import load_noisy_classifier
 
         classifier = load_noisy_classifier(next(model.parameters()).device)
@@ -414,7 +459,7 @@ def _evaluate(args) -> None:
                                                                          else "uncond.")
         images, labels, seconds = generate(model, diffusion, args.num, steps=n or None, guidance_scale=s, conditional=conditional,
                                            seed=args.seed, sampler=sampler, classifier=classifier, classifier_scale=c,
-                                           spacing=args.spacing)
+                                           spacing=args.spacing, autoencoder=autoencoder)
         rows.append({"setting": name, "seconds": seconds, **evaluator.score(images, labels)})
         print(format_table(rows[-1:]).splitlines()[1], flush=True)  # one line per setting as it finishes
     print(format_table(rows))
@@ -436,13 +481,20 @@ def _sample(args) -> None:
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise FileNotFoundError(f"--out {args.out}: the folder {os.path.dirname(os.path.abspath(args.out))} does not exist")
     sampler = _sampler(args.sampler, args.steps)
-    model, diffusion, info = _model(args.checkpoint, args.device)
+    model, diffusion, info, autoencoder = _model(args.checkpoint, args.device, args.autoencoder)
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
-    if args.label is not None:
-        y = torch.full((args.num,), _label(args.label, info))
+    if args.prompt is not None and not model.config.context_len:
+        raise ValueError("--prompt is for a model trained with --prompts; this one takes "
+                         + ("class labels: use --label" if model.num_classes else "no condition"))
+    if args.prompt is not None and args.label is not None:
+        raise ValueError("give --prompt or --label, not both (a label is the prompt of its class word alone)")
+    if args.prompt is not None:
+        y = encode_prompt(args.prompt, info["vocabulary"]).expand(args.num, -1)
+    elif args.label is not None:
+        y = condition(model, torch.full((args.num,), _label(args.label, info)))
     else:
-        y = torch.arange(args.num) % model.num_classes if model.num_classes else None
+        y = condition(model, torch.arange(args.num) % num_labels(model)) if model.num_classes else None
     if y is None and (args.guidance_scale is not None or args.classifier_scale):
         raise ValueError("this model is unconditional (trained on unlabelled images): guidance needs classes to aim at; "
                          "leave out --guidance-scale and --classifier-scale")
@@ -450,13 +502,14 @@ def _sample(args) -> None:
     if args.classifier_scale:
         from .classifier import load_noisy_classifier
 
-        _check_classifier_scale(info)
+        _check_classifier_scale(info, autoencoder)
         classifier = load_noisy_classifier(next(model.parameters()).device)
     c, size = model.config.in_channels, model.config.image_size
     images = sample(model, diffusion, (args.num, c, size, size), sampler=sampler,
                     spacing=args.spacing, num_steps=args.steps or None, y=y,
                     guidance_scale=(3.0 if args.guidance_scale is None else args.guidance_scale) if y is not None else 1.0,
                     generator=torch.Generator().manual_seed(args.seed), classifier=classifier, classifier_scale=args.classifier_scale)
+    images = to_pixels(images, autoencoder)
     save_image((images + 1) / 2, args.out, nrow=10)
     print(f"wrote {args.out}")
 

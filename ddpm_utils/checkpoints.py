@@ -45,17 +45,23 @@ class Checkpoint:
         """{"name", "class_names", "channels", "image_size"} of the training data (see `dataset_info`)."""
         return dataset_info(self.data, self.model.config)
 
+    @property
+    def autoencoder(self) -> dict | None:
+        """A latent model's record of its autoencoder ({"file", "sha256", "scale", "latent_shape", "image_shape"}), or None."""
+        return self.data.get("autoencoder")
+
 
 def _state(obj):
     return obj.state_dict() if isinstance(obj, (nn.Module, torch.optim.Optimizer)) else obj
 
 
 def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion | FlowMatching, *, step: int = 0, ema=None, optimizer=None, extra=None,
-                    dataset: dict | None = None) -> Path:
+                    dataset: dict | None = None, autoencoder: dict | None = None) -> Path:
     """Save model (and optional EMA model, optimizer, extra plain values) to `path`, atomically.
 
     `dataset` records the training data ({"name", "class_names", "channels", "image_size"}, as
-    `data.ImageTensors.info()` gives it), so that sampling by class name never needs the data.
+    `data.ImageTensors.info()` gives it), so that sampling by class name never needs the data. A latent model
+    (notebook 12) records its `autoencoder` (`latent.autoencoder_record`: file, SHA-256, scale and shapes).
 
     The file is written next to `path` and renamed over it, so a crash mid-write leaves the
     previous checkpoint intact.
@@ -73,6 +79,7 @@ def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion | FlowMatchi
         "optimizer": _state(optimizer),
         "extra": extra or {},
         "dataset": dataset or dataset_info({}, model.config),
+        "autoencoder": autoencoder,  # a latent model's autoencoder (latent.autoencoder_record), or None for pixels
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +169,8 @@ def export_weights(checkpoint, out) -> Path:
     optimizer or RNG states, with the step, the data set and the train config (`ddpm export`)."""
     ckpt = load_checkpoint(checkpoint, use_ema=True)
     extra = {"train_config": ckpt.data["extra"].get("train_config", {})}
-    return save_checkpoint(out, ckpt.model, ckpt.diffusion, step=ckpt.step, extra=extra, dataset=ckpt.dataset)
+    return save_checkpoint(out, ckpt.model, ckpt.diffusion, step=ckpt.step, extra=extra, dataset=ckpt.dataset,
+                           autoencoder=ckpt.autoencoder)
 
 
 def sha256(path) -> str:

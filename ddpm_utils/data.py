@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import Sampler
 
 from .config import fast_mode, network_allowed
 from .folders import load_folder
@@ -250,3 +251,28 @@ def write_tinted_digits(out, per_class: int = 50, image_size: int = 32, seed: in
         for k, im in enumerate(rgb):
             Image.fromarray(im.permute(1, 2, 0).numpy()).save(out / str(c) / f"{k:04d}.png")
     return out
+
+
+class StepBatchSampler(Sampler):
+    """Index batches as a pure function of the step: epoch e is a permutation seeded by (seed, e).
+
+    Starting at `start_step` replays exactly the batches an uninterrupted run would have seen.
+    With several processes, each step's global batch is split between the ranks.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, max_steps: int, rank: int = 0, world: int = 1):
+        self.n, self.bs, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.start, self.stop = start_step, max_steps
+        self.per_epoch = n // (batch_size * world)
+        if self.per_epoch < 1:
+            raise ValueError(f"batch_size {batch_size} x {world} processes is larger than the data set ({n} images)")
+
+    def __len__(self):
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            epoch, i = divmod(step, self.per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            global_batch = perm[i * self.bs * self.world: (i + 1) * self.bs * self.world]
+            yield global_batch[self.rank * self.bs: (self.rank + 1) * self.bs].tolist()

@@ -158,6 +158,7 @@ def drop_labels(model, y: torch.Tensor | None, p_uncond: float, generator=None) 
         return y
     gen_device = y.device if generator is None else generator.device
     drop = torch.rand(y.shape[0], generator=generator, device=gen_device).to(y.device) < p_uncond
+    drop = drop.view(-1, *[1] * (y.ndim - 1))  # a prompt (B, L) is dropped whole: the empty prompt
     return torch.where(drop, torch.full_like(y, _null_label(model)), y)
 
 

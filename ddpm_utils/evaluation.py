@@ -234,29 +234,33 @@ class Evaluator:
 def generate(model, diffusion, n: int, *, steps: int | None = 50, guidance_scale: float = 3.0, conditional: bool = True,
              seed: int = 0, batch_size: int = 250, ancestral: bool = False, sampler: str | None = None,
              progress: bool = False, classifier=None, classifier_scale: float = 0.0,
-             spacing: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+             spacing: str | None = None, autoencoder=None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """n samples (labels 0, 1, ... in turn if `conditional`, else unconditional): (images, labels, seconds).
 
     `steps`: DDIM steps, or all T ancestral steps if None; with `ancestral=True`, ancestral DDPM
     respaced to `steps` (Nichol & Dhariwal 2021), which uses a model's learned variances. A `sampler`
     name (one of `samplers.SAMPLERS`) overrides both; `spacing` (None = the sampler's own) spreads its steps.
     `classifier` with `classifier_scale` adds classifier guidance (see `samplers.sample`).
-    `progress` shows a bar over the sampling steps of each batch.
+    `progress` shows a bar over the sampling steps of each batch. A latent model's samples are decoded by its
+    `autoencoder` (notebook 12); a prompt model is asked for each class by the class word alone.
     """
+    from .latent import condition, num_labels, to_pixels
+
     device = next(model.parameters()).device
-    if conditional and not model.num_classes:
+    if conditional and not num_labels(model):
         raise ValueError("this model is unconditional; evaluate it with conditional=False")
     sampler = sampler or ("ddpm" if ancestral or steps is None else "ddim")
-    labels = torch.arange(n, device=device) % model.num_classes if conditional else None
+    labels = torch.arange(n, device=device) % num_labels(model) if conditional else None
     generator = torch.Generator(device).manual_seed(seed)
-    c, size = model.config.in_channels, model.config.image_size
+    c, size = model.config.in_channels, model.config.image_size  # a latent model's: the latent's
     start, chunks = time.perf_counter(), []
     for i in range(0, n, batch_size):
-        y = labels[i: i + batch_size] if conditional else None
+        y = condition(model, labels[i: i + batch_size]) if conditional else None
         m = min(batch_size, n - i)
-        chunks.append(sample(model, diffusion, (m, c, size, size), sampler=sampler, num_steps=steps, y=y,
-                             guidance_scale=guidance_scale if conditional else 1.0, generator=generator, progress=progress,
-                             classifier=classifier, classifier_scale=classifier_scale, spacing=spacing).cpu())
+        x = sample(model, diffusion, (m, c, size, size), sampler=sampler, num_steps=steps, y=y,
+                   guidance_scale=guidance_scale if conditional else 1.0, generator=generator, progress=progress,
+                   classifier=classifier, classifier_scale=classifier_scale, spacing=spacing)
+        chunks.append(to_pixels(x, autoencoder).cpu())
     return torch.cat(chunks), labels.cpu() if conditional else None, time.perf_counter() - start
 
 

@@ -193,8 +193,9 @@ def _labels(y, batch: int, device) -> torch.Tensor | None:
     if y is None:
         return None
     y = torch.full((batch,), y, dtype=torch.long) if isinstance(y, int) else torch.as_tensor(y)
-    if y.shape != (batch,):
-        raise ValueError(f"y must be an int or a tensor of shape (B,) = ({batch},), got {tuple(y.shape)}")
+    if y.ndim not in (1, 2) or y.shape[0] != batch:
+        raise ValueError(f"y must be an int, labels of shape (B,) = ({batch},) or prompts (B, L) (notebook 12), "
+                         f"got {tuple(y.shape)}")
     return y.to(device)
 
 

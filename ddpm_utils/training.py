@@ -23,16 +23,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .autoencoder import load_autoencoder
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import get_device
-from .data import DATASETS, load_dataset
+from .data import DATASETS, StepBatchSampler, load_dataset
 from .diffusion import PREDICTIONS, WEIGHTINGS, GaussianDiffusion
 from .flow import PROCESSES, TIME_SAMPLINGS, FlowMatching
+from .latent import autoencoder_record, condition, num_labels, prepare, to_pixels
+from .prompts import P_DROP_WORD, PROMPT_LEN, drop_words
 from .samplers import sample
-from .unet import UNet, UNetConfig
+from .unet import PRESETS, UNet, UNetConfig
 
 
 @dataclass
@@ -71,6 +74,8 @@ class TrainConfig:
     learned_variance: bool = False  # also learn the reverse variance, trained with L_hybrid (Nichol & Dhariwal 2021)
     loss_weighting: str = "none"  # "none" (plain squared error of the target) or "min-snr" (Hang et al. 2023, gamma 5)
     hybrid_lambda: float = 0.001  # lambda in L_hybrid = L_simple + lambda L_vlb (with learned_variance only)
+    latent: str = ""  # diffuse in this autoencoder's latent space (notebook 12): a bundled name ("mnist") or OUT/autoencoder.pt
+    prompts: bool = False  # condition on measured prompts ("thick slanted 7") by cross-attention instead of labels (notebook 12)
 
     @property
     def network_target(self) -> str:
@@ -110,6 +115,9 @@ class TrainConfig:
             raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
         if self.dataset == "folder" and not self.data_dir:
             raise ValueError("dataset 'folder' needs data_dir: a folder of images (class sub-folders = labels) or a .zip of one")
+        if self.latent and (self.hflip or self.image_size):
+            raise ValueError("a latent model (latent=...) trains on its autoencoder's latents of the data at their own size: "
+                             "leave hflip and image_size unset")
         if self.val_every < 0 or self.image_size < 0 or self.channels not in (0, 1, 3):
             raise ValueError(f"val_every and image_size must be >= 0 and channels 0, 1 or 3, got {self.val_every}, "
                              f"{self.image_size}, {self.channels}")
@@ -125,31 +133,6 @@ def make_process(config: TrainConfig):
 def _network_target(fields: dict) -> str:
     """What a config's network predicts: its `prediction`, or ("") its process's own (eps, or velocity for a flow)."""
     return fields["prediction"] or ("velocity" if fields["process"] == "flow" else "eps")
-
-
-class StepBatchSampler(Sampler):
-    """Index batches as a pure function of the step: epoch e is a permutation seeded by (seed, e).
-
-    Starting at `start_step` replays exactly the batches an uninterrupted run would have seen.
-    With several processes, each step's global batch is split between the ranks.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, max_steps: int, rank: int = 0, world: int = 1):
-        self.n, self.bs, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        self.start, self.stop = start_step, max_steps
-        self.per_epoch = n // (batch_size * world)
-        if self.per_epoch < 1:
-            raise ValueError(f"batch_size {batch_size} x {world} processes is larger than the data set ({n} images)")
-
-    def __len__(self):
-        return max(0, self.stop - self.start)
-
-    def __iter__(self):
-        for step in range(self.start, self.stop):
-            epoch, i = divmod(step, self.per_epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-            global_batch = perm[i * self.bs * self.world: (i + 1) * self.bs * self.world]
-            yield global_batch[self.rank * self.bs: (self.rank + 1) * self.bs].tolist()
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -251,20 +234,23 @@ def fixed_grid_loss(model, diffusion, x0: torch.Tensor, y: torch.Tensor | None, 
     return total / (len(x0) * len(grid))
 
 
-def sample_grid(model, diffusion, steps: int, seed: int = 0) -> torch.Tensor:
+def sample_grid(model, diffusion, steps: int, seed: int = 0, autoencoder=None) -> torch.Tensor:
     """100 samples for a 10 x 10 grid: row k asks for class k (guidance scale 3, DDIM; classes repeat if
-    there are fewer than 10), for a class-conditional model; unconditional samples otherwise."""
-    y = (torch.arange(100) // 10) % model.num_classes if model.num_classes else None
-    return sample(model, diffusion, (100, model.config.in_channels, model.config.image_size, model.config.image_size),
-                  num_steps=steps, y=y, guidance_scale=3.0 if y is not None else 1.0,
-                  generator=torch.Generator().manual_seed(seed), progress=False)
+    there are fewer than 10), for a class-conditional model (a prompt model: the class word); unconditional
+    samples otherwise. A latent model's samples are decoded by its `autoencoder`."""
+    num_classes = num_labels(model)
+    y = condition(model, (torch.arange(100) // 10) % num_classes) if num_classes else None
+    x = sample(model, diffusion, (100, model.config.in_channels, model.config.image_size, model.config.image_size),
+               num_steps=steps, y=y, guidance_scale=3.0 if y is not None else 1.0,
+               generator=torch.Generator().manual_seed(seed), progress=False)
+    return to_pixels(x, autoencoder)
 
 
-def save_sample_grid(model, diffusion, path, steps: int, seed: int = 0) -> Path:
+def save_sample_grid(model, diffusion, path, steps: int, seed: int = 0, autoencoder=None) -> Path:
     """`sample_grid` written to the PNG file `path`."""
     from torchvision.utils import save_image
 
-    save_image((sample_grid(model, diffusion, steps, seed) + 1) / 2, path, nrow=10)
+    save_image((sample_grid(model, diffusion, steps, seed, autoencoder) + 1) / 2, path, nrow=10)
     return Path(path)
 
 
@@ -290,16 +276,35 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
     rank, world, local_rank = _distributed()
     device = torch.device(f"cuda:{local_rank}") if world > 1 and torch.cuda.is_available() else get_device(device)
     main = rank == 0
-    dataset = load_data(config, train=True)
+    images = load_data(config, train=True)
+    autoencoder, ae_record = None, None
+    if config.latent:
+        autoencoder = load_autoencoder(config.latent, device=device)
+        ae_record = autoencoder_record(config.latent, autoencoder)
+    dataset = prepare(images, autoencoder, config.prompts) if autoencoder or config.prompts else images
     if config.val_every:
-        val_sets = [fixed_subset(dataset, seed=config.seed), fixed_subset(load_data(config, train=False), seed=config.seed)]
+        held_out = load_data(config, train=False)
+        held_out = prepare(held_out, autoencoder, config.prompts) if autoencoder or config.prompts else held_out
+        val_sets = [fixed_subset(dataset, seed=config.seed), fixed_subset(held_out, seed=config.seed)]
         val_sets = [(x, y if dataset.num_classes else None) for x, y in val_sets]
-    hflip = config.hflip if config.hflip is not None else DATASETS[config.dataset].hflip
+    hflip = config.hflip if config.hflip is not None else DATASETS[config.dataset].hflip and not config.latent
     torch.manual_seed(config.seed)  # the initial weights
 
     unet = {"image_size": dataset.image_size, "in_channels": dataset.channels, "num_classes": dataset.num_classes,
             "learned_variance": config.learned_variance, **config.unet}
-    model = UNet(UNetConfig.preset(config.preset, **unet)).to(device)
+    if config.prompts:
+        unet["context_len"] = PROMPT_LEN
+    if config.latent and "attention_resolutions" not in config.unet:  # attention is cheap on an 8x8 latent: every level
+        unet["attention_resolutions"] = tuple(dataset.image_size // 2**i for i in range(len(PRESETS[config.preset].channel_mults)))
+    try:
+        unet_config = UNetConfig.preset(config.preset, **unet)
+    except ValueError as e:
+        if not config.latent:
+            raise
+        raise ValueError(f"the autoencoder's latents are {'x'.join(map(str, ae_record['latent_shape']))}, which preset "
+                         f"{config.preset!r} cannot take ({e}); use an autoencoder whose latent size is divisible by 4 "
+                         "(its padded_size by 16) or a preset with fewer levels (unet={'channel_mults': ...})") from None
+    model = UNet(unet_config).to(device)
     diffusion = make_process(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -318,6 +323,9 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
         if changed:
             raise ValueError(f"{path} was trained with a different TrainConfig (now vs then): {changed}. To train with "
                              f"the new settings, start afresh in another run folder (or delete {path}); to continue, use the old ones")
+        if ae_record and ckpt.data.get("autoencoder", {}).get("sha256") != ae_record["sha256"]:
+            raise ValueError(f"{path} was trained on the latents of another autoencoder than {config.latent} (its SHA-256 "
+                             "differs): its latents mean something else; start afresh in another run folder")
         ema.load_state_dict(ckpt.data["ema"])
         optimizer.load_state_dict(ckpt.data["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -348,12 +356,13 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
                  "scaler": scaler.state_dict(), "torch_rng": torch_rng, "cuda_rng": cuda_rng,
                  "history": [list(h) for h in history], "val_history": [list(h) for h in val_history]}
         if main:
-            save_checkpoint(path, model, diffusion, step=step, ema=ema, optimizer=optimizer, extra=extra, dataset=dataset.info())
+            save_checkpoint(path, model, diffusion, step=step, ema=ema, optimizer=optimizer, extra=extra, dataset=dataset.info(),
+                            autoencoder=ae_record)
 
     def write_figures(sample_file):
         from .viz import loss_figure
 
-        save_sample_grid(ema, diffusion, out_dir / sample_file, config.sample_steps)
+        save_sample_grid(ema, diffusion, out_dir / sample_file, config.sample_steps, autoencoder=autoencoder)
         loss_figure(history, val_history).savefig(out_dir / "loss.png", dpi=100)
 
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, step, config.max_steps, rank, world)
@@ -374,6 +383,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
         for x0, y in loader:
             start, rngs_at_start = time.perf_counter(), rng_states()
             x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True) if model.num_classes else None
+            if config.prompts:  # every subset of a prompt's words, drawn from the run's own generator
+                y = drop_words(y, P_DROP_WORD, model.num_classes, noise_gen)
             if hflip:  # drawn from the run's own generator, so resuming replays the same flips
                 flip = torch.rand(x0.shape[0], generator=noise_gen, device=device) < 0.5
                 x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
@@ -404,7 +415,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
             if step % config.checkpoint_every == 0 or step == config.max_steps:
                 checkpoint(rng_states())
             if main and config.keep_every and step % config.keep_every == 0:  # EMA weights only (as model and as EMA)
-                save_checkpoint(out_dir / f"step_{step:06d}.pt", ema, diffusion, step=step, ema=ema, dataset=dataset.info())
+                save_checkpoint(out_dir / f"step_{step:06d}.pt", ema, diffusion, step=step, ema=ema, dataset=dataset.info(),
+                                autoencoder=ae_record)
             if main and config.sample_every and step % config.sample_every == 0:
                 write_figures(f"samples_{step:06d}.png")
             if main and callback is not None:

@@ -37,6 +37,8 @@ class UNetConfig:
     dropout: float = 0.1  # dropout probability inside residual blocks
     num_classes: int | None = 10  # None = unconditional; else labels 0..num_classes-1, null label = num_classes
     learned_variance: bool = False  # 2 x in_channels outputs: the prediction, then v in [-1, 1] for the variance
+    context_len: int = 0  # 0: y is a label (B,); > 0: y is a prompt (B, context_len) of word ids < num_classes (pad = null =
+    # num_classes), read by cross-attention after every self-attention (notebook 12) instead of a label embedding
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)
@@ -59,6 +61,9 @@ class UNetConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be None or >= 1, got {self.num_classes}")
+        if self.context_len < 0 or (self.context_len and (self.num_classes is None or not self.attention_resolutions)):
+            raise ValueError("a prompt model (context_len > 0) needs num_classes (its vocabulary size) and attention "
+                             "layers (attention_resolutions) for its cross-attention")
 
     @property
     def resolutions(self) -> tuple[int, ...]:
@@ -140,6 +145,42 @@ class AttentionBlock(nn.Module):
         return x + self.proj(rearrange(out, "b n (h w) d -> b (n d) h w", h=x.shape[2]))
 
 
+class CrossAttention(nn.Module):
+    """Queries from the image features, keys and values from the prompt's tokens (Rombach et al. 2022, Sec. 3.3):
+    softmax(Q K^T / sqrt(d)) V, the softmax over the tokens, so each position takes a mix of the prompt's words.
+    With `keep_attention` set, the weights (B, heads, H*W, L) of the last call are kept in `attention`."""
+
+    def __init__(self, ch: int, context_dim: int, num_heads: int, groups: int):
+        super().__init__()
+        self.num_heads, self.keep_attention, self.attention = num_heads, False, None
+        self.norm = nn.GroupNorm(groups, ch)
+        self.q = nn.Conv2d(ch, ch, 1)
+        self.kv = nn.Linear(context_dim, 2 * ch)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x, context):  # x (B, C, H, W), context (B, L, context_dim)
+        q = rearrange(self.q(self.norm(x)), "b (n d) h w -> b n (h w) d", n=self.num_heads)
+        k, v = rearrange(self.kv(context), "b l (two n d) -> two b n l d", two=2, n=self.num_heads)
+        weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)  # (B, heads, H*W, L): over the tokens
+        if self.keep_attention:
+            self.attention = weights.detach()
+        return x + self.proj(rearrange(weights @ v, "b n (h w) d -> b (n d) h w", h=x.shape[2]))
+
+
+class PromptEncoder(nn.Module):
+    """Token ids (B, L) -> (B, L, dim): word and position embeddings, then one pre-norm transformer layer, so that
+    each word's vector can depend on the others (a tiny stand-in for the text encoders of text-to-image models)."""
+
+    def __init__(self, vocab_size: int, length: int, dim: int, num_heads: int):
+        super().__init__()
+        self.words, self.positions = nn.Embedding(vocab_size + 1, dim), nn.Parameter(torch.zeros(length, dim))
+        self.layer = nn.TransformerEncoderLayer(dim, num_heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        nn.init.normal_(self.positions, std=0.02)
+
+    def forward(self, tokens):
+        return self.layer(self.words(tokens) + self.positions)
+
+
 class Downsample(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
@@ -165,10 +206,13 @@ class Block(nn.Module):
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, cfg.dropout, cfg.num_groups)
         self.attn = AttentionBlock(out_ch, cfg.num_heads, cfg.num_groups) if attention else None
+        prompts = attention and cfg.context_len
+        self.cross = CrossAttention(out_ch, emb_dim, cfg.num_heads, cfg.num_groups) if prompts else None
 
-    def forward(self, x, emb):
+    def forward(self, x, emb, context=None):
         h = self.res(x, emb)
-        return h if self.attn is None else self.attn(h)
+        h = h if self.attn is None else self.attn(h)
+        return h if self.cross is None else self.cross(h, context)
 
 
 class UNet(nn.Module):
@@ -180,7 +224,9 @@ class UNet(nn.Module):
         self.num_classes = cfg.num_classes  # the null label
         emb_dim = 4 * cfg.base_channels
         self.time_embed = TimeEmbedding(cfg.base_channels, emb_dim)
-        self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes is not None else None
+        labels = cfg.num_classes is not None and not cfg.context_len
+        self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if labels else None
+        self.prompt_encoder = PromptEncoder(cfg.num_classes, cfg.context_len, emb_dim, cfg.num_heads) if cfg.context_len else None
         self.input_conv = nn.Conv2d(cfg.in_channels, cfg.base_channels, 3, padding=1)
 
         channels = [cfg.base_channels * m for m in cfg.channel_mults]
@@ -228,11 +274,15 @@ class UNet(nn.Module):
             return
         if cfg.num_classes is None:
             raise ValueError("this UNet is unconditional (num_classes=None) but got labels y")
-        if not isinstance(y, torch.Tensor) or y.shape != (B,) or y.dtype.is_floating_point:
-            raise ValueError(f"y must be an integer tensor of shape (B,) = ({B},), got {getattr(y, 'shape', y)!r}")
+        shape = (B, cfg.context_len) if cfg.context_len else (B,)
+        if not isinstance(y, torch.Tensor) or y.shape != shape or y.dtype.is_floating_point:
+            what = f"a prompt, an integer tensor of word ids of shape (B, L) = {shape}" if cfg.context_len else \
+                f"an integer tensor of shape (B,) = ({B},)"
+            raise ValueError(f"y must be {what}, got {getattr(y, 'shape', y)!r}")
         if bool(((y < 0) | (y > cfg.num_classes)).any()):
             raise ValueError(
-                f"labels must lie in 0..{cfg.num_classes - 1} (or {cfg.num_classes}, the null label), "
+                f"{'word ids' if cfg.context_len else 'labels'} must lie in 0..{cfg.num_classes - 1} "
+                f"(or {cfg.num_classes}, the null {'pad' if cfg.context_len else 'label'}), "
                 f"got values {y.min().item()}..{y.max().item()}"
             )
 
@@ -242,16 +292,20 @@ class UNet(nn.Module):
         if self.label_embed is not None:
             y = torch.full_like(t, self.num_classes, dtype=torch.long) if y is None else y
             emb = emb + self.label_embed(y.long())  # null label = "no class"
+        context = None
+        if self.prompt_encoder is not None:  # y = None: the empty prompt
+            y = torch.full((x.shape[0], self.config.context_len), self.num_classes, device=x.device) if y is None else y
+            context = self.prompt_encoder(y.long())  # (B, L, 4 * base)
 
         h = self.input_conv(x)  # (B, base, H, W)
         skips = [h]
         for block in self.down:
-            h = block(h, emb)
+            h = block(h, emb, context) if isinstance(block, Block) else block(h)
             skips.append(h)
         for block in self.mid:
-            h = block(h, emb)  # (B, C_max, H / 2^(L-1), W / 2^(L-1))
+            h = block(h, emb, context)  # (B, C_max, H / 2^(L-1), W / 2^(L-1))
         for block in self.up:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(block, Block) else block(h)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context) if isinstance(block, Block) else block(h)
         return self.out(h)  # (B, in_channels, H, W), or (B, 2 in_channels, H, W) with learned variances
 
 

@@ -156,7 +156,7 @@ def test_sample_bad_inputs(diffusion):
         sample(model, diffusion, (2, 1, 4, 4), sampler="ddpm", num_steps=0, progress=False)
     with pytest.raises(ValueError, match="needs class labels y"):
         sample(model, diffusion, (2, 1, 4, 4), guidance_scale=3.0, progress=False)
-    with pytest.raises(ValueError, match="y must be an int or a tensor of shape \\(B,\\) = \\(2,\\)"):
+    with pytest.raises(ValueError, match="y must be an int, labels of shape \\(B,\\) = \\(2,\\) or prompts"):
         sample(model, diffusion, (2, 1, 4, 4), y=torch.tensor([1, 2, 3]), progress=False)
     with pytest.raises(ValueError, match="num_steps must be an int in 1..T"):
         sample(model, diffusion, (2, 1, 4, 4), num_steps=51, progress=False)
