@@ -666,3 +666,95 @@ def check_velocity_to_eps(fn) -> None:
         }
         _compare("velocity to (eps, x0): eps", case, eps, z_lib, mistakes)
     _done("velocity to (eps, x0)", 2)
+
+
+def _tiny_autoencoder():
+    from .autoencoder import Autoencoder, AutoencoderConfig
+
+    torch.manual_seed(170)
+    ae = Autoencoder(AutoencoderConfig(base_channels=8)).eval()
+    ae.scale.fill_(2.5)  # a measured scale would do; a round number makes the mistakes easy to tell apart
+    return ae
+
+
+def check_latent_roundtrip(to_latent, to_image) -> None:
+    """`to_latent(ae, x)` = mean of q(z | x) times ae.scale; `to_image(ae, z)` = ae.decode(z / ae.scale)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
+    ae = _tiny_autoencoder()
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(171)) * 2 - 1
+    with torch.no_grad():
+        mean, logvar = ae.encode(x)
+        got = _call("to_latent", "3 digits", to_latent, ae, x)
+        mistakes = {
+            "scale the latent: diffusion runs on mean * ae.scale (unit standard deviation), not on the raw mean.": mean,
+            "multiply by the scale (it is 1 / std of the latents); dividing makes them smaller still.": mean / ae.scale,
+            "use the mean of q(z | x) (the first thing encode returns), not the log-variance.": logvar * ae.scale,
+        }
+        again = _call("to_latent", "3 digits", to_latent, ae, x)
+        if isinstance(got, torch.Tensor) and isinstance(again, torch.Tensor) and not torch.equal(got, again):
+            raise CheckFailed("to_latent, case 3 digits: two calls gave different latents. Use the mean of q(z | x), not a "
+                              "random draw from it (the data set is encoded once and kept)")
+        _compare("to_latent", "3 digits", got, mean * ae.scale, mistakes)
+        z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(172))
+        got = _call("to_image", "3 latents", to_image, ae, z)
+        mistakes = {
+            "undo the scale before decoding: ae.decode(z / ae.scale); the decoder was trained on unscaled latents.": ae.decode(z),
+            "divide by the scale to undo to_latent's multiplication (you multiplied).": ae.decode(z * ae.scale),
+            "return the decoder's output itself here, without clipping it.": ae.decode(z / ae.scale).clamp(-1, 1),
+        }
+        _compare("to_image", "3 latents", got, ae.decode(z / ae.scale), mistakes)
+    _done("latent round trip", 2)
+
+
+def check_cross_attention(fn) -> None:
+    """`fn(q, k, v)` with q (B, heads, N, d) from the image, k and v (B, heads, L, d) from the prompt's tokens:
+    softmax(q k^T / sqrt(d)) v, the softmax over the L tokens; returns (B, heads, N, d)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
+    g = torch.Generator().manual_seed(180)
+    for N, L, d in ((6, 3, 4), (9, 5, 8)):
+        q, k, v = (torch.randn(2, 2, n, d, generator=g, dtype=torch.float64) for n in (N, L, L))
+        case = f"N = {N} positions, L = {L} tokens, d = {d}"
+        scores = q @ k.transpose(-1, -2)  # (B, heads, N, L)
+        mistakes = {
+            "the softmax runs over the tokens (the last axis of q k^T, dim=-1): each image position takes a weighted mean of "
+            "the prompt's words. Over dim=-2 each word spreads itself over the positions instead.": (scores / d**0.5).softmax(-2) @ v,
+            "divide the scores by sqrt(d) before the softmax (Vaswani et al. 2017): without it large d saturates the softmax.":
+                scores.softmax(-1) @ v,
+            "the scale is 1 / sqrt(d), not 1 / d.": (scores / d).softmax(-1) @ v,
+            "return the weighted values, softmax(...) @ v, not the weights alone.": (scores / d**0.5).softmax(-1),
+        }
+        got = _call("cross-attention", case, fn, q, k, v)
+        _compare("cross-attention", case, got, (scores / d**0.5).softmax(-1) @ v, mistakes)
+    _done("cross-attention", 2)
+
+
+class _PromptProbe(torch.nn.Module):
+    """A stand-in prompt model: its output depends on every token, differently per slot."""
+
+    def forward(self, x, t, y):
+        return x * (1 + (y.double() * torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64)).sum(1)).view(-1, 1, 1, 1) / 1000
+
+
+def check_prompt_guidance(fn) -> None:
+    """`fn(model, x, t, prompt, scale, pad)`: classifier-free guidance on a prompt, with the empty prompt (every token
+    the pad id) as the null condition: uncond + scale (cond - uncond)."""
+    __tracebackhide__ = True  # IPython: a failed check shows the student's cell and the message
+    model, g = _PromptProbe(), torch.Generator().manual_seed(190)
+    x, t, pad = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64), torch.tensor([10, 500, 900]), 14
+    prompt = torch.tensor([[1, 3, 11], [0, pad, 7], [pad, pad, 5]])
+    for scale in (3.0, 0.0, 1.5):
+        case = f"scale {scale}"
+        cond, uncond = model(x, t, prompt), model(x, t, torch.full_like(prompt, pad))
+        class_only = prompt.clone()
+        class_only[:, -1] = pad
+        mistakes = {
+            "the empty prompt is every token set to the pad id (torch.full_like(prompt, pad)); id 0 is the word 'thin'.":
+                model(x, t, torch.zeros_like(prompt)) + scale * (cond - model(x, t, torch.zeros_like(prompt))),
+            "the null condition is the whole prompt empty, not the prompt without its class word.":
+                model(x, t, class_only) + scale * (cond - model(x, t, class_only)),
+            "the guided prediction is uncond + scale (cond - uncond) (scale 1 = the plain conditional model); "
+            "you have cond + scale (cond - uncond).": cond + scale * (cond - uncond),
+        }
+        got = _call("prompt guidance", case, fn, model, x, t, prompt, scale, pad)
+        _compare("prompt guidance", case, got, uncond + scale * (cond - uncond), mistakes)
+    _done("prompt guidance", 3)

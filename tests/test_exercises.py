@@ -15,7 +15,8 @@ EXERCISE_NOTEBOOKS = sorted(EXERCISES.glob("[0-9][0-9]_*.ipynb"))
 REQUIRED = ["def log_normal", "def kl_gauss", "def q_sample", "def my_cosine_betas", "def posterior_coefficients", "def embed",
             "def rotation", "class MyResBlock", "def my_group_norm", "def ema_step", "def my_loss", "def ancestral_step",
             "def my_ddim_step", "def drop_labels", "def my_guided_eps", "def to_model_input", "def flow_pair",
-            "def velocity_to_eps", "def flow_euler_step"]
+            "def velocity_to_eps", "def flow_euler_step", "def to_latent", "def to_image", "def cross_attention",
+            "def prompt_guidance"]
 
 
 def test_strip_solutions_keeps_indentation_and_rejects_unbalanced_blocks():
@@ -29,7 +30,7 @@ def test_strip_solutions_keeps_indentation_and_rejects_unbalanced_blocks():
 
 def test_committed_exercises_are_in_sync_with_the_solutions(tmp_path):
     written = generate(out=tmp_path)
-    assert [p.name for p in written] == [p.name for p in EXERCISE_NOTEBOOKS] and len(written) == len(EXERCISE_NOTEBOOKS) == 11
+    assert [p.name for p in written] == [p.name for p in EXERCISE_NOTEBOOKS] and len(written) == len(EXERCISE_NOTEBOOKS) == 12
     for path in written:
         assert path.read_text() == (EXERCISES / path.name).read_text(), f"run `python -m ddpm_utils exercises` ({path.name})"
     (tmp_path / "99_old.ipynb").write_text("{}")
@@ -87,7 +88,7 @@ def test_cli_exercises_writes_the_folder(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(exercises.generate, "__defaults__", (NOTEBOOKS, tmp_path))
     assert main(["exercises"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in EXERCISE_NOTEBOOKS]
-    assert capsys.readouterr().out.count("wrote ") == len(EXERCISE_NOTEBOOKS) == 11
+    assert capsys.readouterr().out.count("wrote ") == len(EXERCISE_NOTEBOOKS) == 12
     monkeypatch.setattr(exercises.generate, "__defaults__", (tmp_path / "nowhere", tmp_path))
     assert main(["exercises"]) == 2
     assert "no lesson notebooks" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import weights_equal
 
+from ddpm_utils import checks
 from ddpm_utils import prompts as P
 from ddpm_utils.__main__ import main
 from ddpm_utils.autoencoder import (
@@ -237,3 +238,46 @@ def test_latent_errors_are_one_clear_line(latent_run, autoencoder_run, tmp_path,
     save_autoencoder(copy, Autoencoder(AutoencoderConfig(base_channels=8)))
     with pytest.raises(ValueError, match="another autoencoder"):
         train(dataclasses.replace(config, max_steps=2), tmp_path / "run", resume=True, progress=False)
+
+
+def _to_latent(ae, x, scaled=True):
+    mean = ae.encode(x)[0]
+    return mean * ae.scale if scaled else mean
+
+
+def _to_image(ae, z, unscale=True):
+    return ae.decode(z / ae.scale if unscale else z)
+
+
+def _cross_attention(q, k, v, axis=-1):
+    return (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(axis) @ v
+
+
+def _prompt_guidance(model, x, t, prompt, scale, pad, null=None):
+    empty = torch.full_like(prompt, pad) if null is None else null(prompt)
+    cond, uncond = model(x, t, prompt), model(x, t, empty)
+    return uncond + scale * (cond - uncond)
+
+
+def _stub(*args):
+    raise NotImplementedError()
+
+
+@pytest.mark.parametrize("check, correct, wrong, hint", [
+    (lambda f: checks.check_latent_roundtrip(f, _to_image), _to_latent, lambda ae, x: _to_latent(ae, x, scaled=False),
+     "scale the latent"),
+    (lambda f: checks.check_latent_roundtrip(_to_latent, f), _to_image, lambda ae, z: _to_image(ae, z, unscale=False),
+     "undo the scale before decoding"),
+    (lambda f: checks.check_latent_roundtrip(f, _to_image), _to_latent,
+     lambda ae, x: ae.encode(x)[0] + 0.1 * torch.randn_like(ae.encode(x)[0]), "not a random draw"),
+    (checks.check_cross_attention, _cross_attention, lambda q, k, v: _cross_attention(q, k, v, axis=-2), "over the tokens"),
+    (checks.check_prompt_guidance, _prompt_guidance, lambda *a: _prompt_guidance(*a, null=torch.zeros_like), "id 0 is the word"),
+])
+def test_notebook_12_checks_accept_the_solution_and_name_the_mistake(check, correct, wrong, hint, capsys):
+    check(correct)
+    assert "✓" in capsys.readouterr().out
+    with pytest.raises(NotImplementedError):
+        check(_stub)
+    with pytest.raises(checks.CheckFailed) as failure:
+        check(wrong)
+    assert hint in str(failure.value), str(failure.value)
