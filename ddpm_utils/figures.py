@@ -24,6 +24,7 @@ from . import viz
 from .checkpoints import load_checkpoint, load_pretrained
 from .data import load_mnist
 from .diffusion import GaussianDiffusion
+from .latent import condition, load_decoder, to_pixels
 from .samplers import sample
 from .schedules import SCHEDULES, make_betas
 from .training import sample_grid
@@ -61,13 +62,16 @@ def forward_figure(image: torch.Tensor, T: int = 1000, num: int = 9, seed: int =
     return fig
 
 
-def guidance_grid(model, diffusion, steps: int = 50, scales=GUIDANCE_SCALES, seed: int = 0, progress: bool = False) -> torch.Tensor:
+def guidance_grid(model, diffusion, steps: int = 50, scales=GUIDANCE_SCALES, seed: int = 0, progress: bool = False,
+                  autoencoder=None) -> torch.Tensor:
     """(10 * len(scales), C, H, W): row k asks for digit k at every scale, from the same noise
-    (`progress`: a bar over the scales)."""
+    (`progress`: a bar over the scales). A latent model's samples are decoded by its `autoencoder`."""
     c, size = model.config.in_channels, model.config.image_size
     x_T = torch.randn(10, c, size, size, generator=torch.Generator().manual_seed(seed))
-    columns = [sample(model, diffusion, x_T.shape, num_steps=steps, y=torch.arange(10), guidance_scale=float(s), x_T=x_T,
-                      progress=False).cpu() for s in tqdm(scales, desc="guidance scales", disable=not progress, leave=False)]
+    y = condition(model, torch.arange(10))
+    columns = [to_pixels(sample(model, diffusion, x_T.shape, num_steps=steps, y=y, guidance_scale=float(s), x_T=x_T,
+                                progress=False), autoencoder).cpu()
+               for s in tqdm(scales, desc="guidance scales", disable=not progress, leave=False)]
     return torch.stack(columns, 1).flatten(0, 1)  # (10, n, ...) -> row-major grid
 
 
@@ -84,18 +88,23 @@ def guidance_figure(grid: torch.Tensor, scales=GUIDANCE_SCALES):
 
 def make_figures(out="images", steps: int = 50, gif_steps: int = 50, device="cpu", checkpoint=None) -> list[Path]:
     """Write every README figure into `out`; returns the paths. With a `checkpoint` (a diffusion or a flow model
-    of MNIST's shape), its sample figures only (samples, guidance, unconditional, denoising animation)."""
+    of MNIST digits, in pixels or latents, with labels or prompts), its sample figures only (samples, guidance,
+    unconditional, denoising animation; a latent model's decoded by its autoencoder)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    autoencoder = None
     if checkpoint is None:
         (model, diffusion), name = load_pretrained("mnist", device=device), "the bundled model"
+        info = {"channels": 1, "image_size": 28, "class_names": [str(d) for d in range(10)]}
     else:
         ckpt, name = load_checkpoint(checkpoint, use_ema=True, map_location=device), Path(checkpoint).name
-        model, diffusion = ckpt.model.eval(), ckpt.diffusion
-    if (model.config.in_channels, model.config.image_size, model.config.num_classes) != (1, 28, 10):
-        raise ValueError(f"the figures show class-conditional 1 x 28 x 28 digits; {name} makes {model.config.in_channels} x "
-                         f"{model.config.image_size} x {model.config.image_size} images of {model.config.num_classes} classes "
+        model, diffusion, info = ckpt.model.eval(), ckpt.diffusion, ckpt.dataset
+        autoencoder = load_decoder(ckpt.autoencoder, device=device)
+    if (info["channels"], info["image_size"], len(info["class_names"] or [])) != (1, 28, 10):
+        raise ValueError(f"the figures show class-conditional 1 x 28 x 28 digits; {name} makes {info['channels']} x "
+                         f"{info['image_size']} x {info['image_size']} images of {len(info['class_names'] or [])} classes "
                          "(use `ddpm sample` for it)")
+    shape = (model.config.in_channels, model.config.image_size, model.config.image_size)  # a latent model's: the latent's
     paths = []
 
     def save(fig, name):
@@ -105,15 +114,19 @@ def make_figures(out="images", steps: int = 50, gif_steps: int = 50, device="cpu
     if checkpoint is None:
         save(schedules_figure(), "schedules.png")
         save(forward_figure(load_mnist(train=False, source="bundled")[7][0]), "forward.png")
-    images = sample_grid(model, diffusion, steps)
+    images = sample_grid(model, diffusion, steps, autoencoder=autoencoder)
     save(viz.show_images(images, nrow=10, title=f"Samples of {name} (guidance scale 3, {steps} DDIM steps)"), "samples.png")
-    fig = guidance_figure(guidance_grid(model, diffusion, steps))
+    fig = guidance_figure(guidance_grid(model, diffusion, steps, autoencoder=autoencoder))
     fig.axes[0].set_title("Classifier-free guidance: one digit per row, one scale per column")
     save(fig, "guidance.png")
-    images = sample(model, diffusion, (100, 1, 28, 28), num_steps=steps, generator=torch.Generator().manual_seed(0), progress=False)
+    images = to_pixels(sample(model, diffusion, (100, *shape), num_steps=steps, generator=torch.Generator().manual_seed(0),
+                              progress=False), autoencoder)
     save(viz.show_images(images, nrow=10, title=f"Unconditional samples of {name} ({steps} DDIM steps)"), "unconditional.png")
-    _, trajectory = sample(model, diffusion, (10, 1, 28, 28), sampler="ddpm", num_steps=gif_steps, y=torch.arange(10),
+    _, trajectory = sample(model, diffusion, (10, *shape), sampler="ddpm", num_steps=gif_steps, y=condition(model, torch.arange(10)),
                            guidance_scale=3.0, return_trajectory=True, generator=torch.Generator().manual_seed(0), progress=False)
+    if autoencoder is not None:  # each frame decoded: the noisy latent x_t and the x0 prediction
+        trajectory = {**trajectory, **{key: torch.stack([to_pixels(frame, autoencoder).cpu() for frame in trajectory[key]])
+                                       for key in ("x_t", "x0_pred")}}
     paths.append(viz.save_gif(trajectory, out / "denoising.gif", nrow=10, scale=2))
     return paths
 

@@ -213,6 +213,9 @@ def test_latent_model_samples_through_its_decoder_from_the_cli(latent_run, tmp_p
     assert Image.open(tmp_path / "p.png").size[1] == 28 + 2 * 2  # decoded digits (28 px) with save_image's border
     assert main(["evaluate", "--checkpoint", str(out / "last.pt"), "--steps", "2", "--num", "4"]) == 0
     assert "DDIM 2, s=3" in capsys.readouterr().out
+    assert main(["figures", "--checkpoint", str(out / "last.pt"), "--steps", "2", "--gif-steps", "2", "--out", str(tmp_path)]) == 0
+    assert Image.open(tmp_path / "denoising.gif").size[1] == 2 * (28 + 2)  # decoded frames (one row of 28 px digits, scale 2)
+    assert (tmp_path / "guidance.png").stat().st_size > 0 and (tmp_path / "unconditional.png").stat().st_size > 0
 
 
 def test_latent_errors_are_one_clear_line(latent_run, autoencoder_run, tmp_path, capsys):
