@@ -115,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
         if self.dataset == "folder" and not self.data_dir:
             raise ValueError("dataset 'folder' needs data_dir: a folder of images (class sub-folders = labels) or a .zip of one")
+        if self.prompts and self.hflip:
+            raise ValueError("prompts=True words each image's measured slant, which a horizontal flip would reverse: leave hflip off")
         if self.latent and (self.hflip or self.image_size):
             raise ValueError("a latent model (latent=...) trains on its autoencoder's latents of the data at their own size: "
                              "leave hflip and image_size unset")
@@ -287,7 +289,7 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
         held_out = prepare(held_out, autoencoder, config.prompts) if autoencoder or config.prompts else held_out
         val_sets = [fixed_subset(dataset, seed=config.seed), fixed_subset(held_out, seed=config.seed)]
         val_sets = [(x, y if dataset.num_classes else None) for x, y in val_sets]
-    hflip = config.hflip if config.hflip is not None else DATASETS[config.dataset].hflip and not config.latent
+    hflip = config.hflip if config.hflip is not None else DATASETS[config.dataset].hflip and not (config.latent or config.prompts)
     torch.manual_seed(config.seed)  # the initial weights
 
     unet = {"image_size": dataset.image_size, "in_channels": dataset.channels, "num_classes": dataset.num_classes,
