@@ -38,8 +38,11 @@ class EncodedData(Dataset):
         return self.record
 
 
-def prepare(data, autoencoder: Autoencoder | None, prompts: bool) -> EncodedData:
-    """`data` (an `ImageTensors`) as a latent model (`autoencoder`) and/or a prompt model (`prompts`) trains on it."""
+def prepare(data, autoencoder: Autoencoder | None, prompts: bool):
+    """`data` (an `ImageTensors`) as a latent model (`autoencoder`) and/or a prompt model (`prompts`) trains on it;
+    `data` itself for neither."""
+    if autoencoder is None and not prompts:
+        return data
     images, labels = data.tensors()
     record, num_classes, y = dict(data.info()), data.num_classes, labels
     if prompts:

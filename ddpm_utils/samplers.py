@@ -221,7 +221,7 @@ def sample(
     generator=None,
     return_trajectory=False,
     progress=True,
-    clip_x0=None,  # clip the predicted x0 to the data range [-1, 1] at every step; None = for images, not points
+    clip_x0=None,  # clip the predicted x0 to the data range [-1, 1] at every step; None = for images, not points or latents
     variance="posterior",  # "ddpm" only: "posterior" (beta-tilde_t) or "beta" (beta_t)
     trajectory_at=None,  # timesteps to record when return_trajectory; None = every level walked
     x_T=None,  # starting noise (B, C, H, W); None = drawn from `generator`
@@ -256,8 +256,8 @@ def sample(
         elif value not in (None, neutral):
             raise ValueError(f"{name}={value!r} is not an option of sampler {sampler!r} (its options: "
                              f"{', '.join(list(accepted)[4:]) or 'none'})")
-    if clip_x0 is None:
-        clip_x0 = len(shape) == 4  # images live in [-1, 1]; points (notebook 10) anywhere
+    if clip_x0 is None:  # images live in [-1, 1]; points (notebook 10) and latents (notebook 12) anywhere
+        clip_x0 = len(shape) == 4 and not getattr(getattr(model, "config", None), "latent", False)
     device = _device(model, diffusion)
     if classifier_scale and classifier is None:
         raise ValueError(f"classifier_scale={classifier_scale} needs a classifier (e.g. classifier.load_noisy_classifier())")

@@ -111,6 +111,8 @@ class TrainConfig:
             raise ValueError("set TrainConfig.learned_variance, not unet['learned_variance']")
         if {"image_size", "in_channels"} & set(self.unet):
             raise ValueError("the image size and channels come from the data: set TrainConfig.image_size / channels, not unet[...]")
+        if {"latent", "context_len"} & set(self.unet):
+            raise ValueError("set TrainConfig.latent / prompts, not unet['latent'] / unet['context_len']")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
         if self.dataset == "folder" and not self.data_dir:
@@ -283,10 +285,9 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
     if config.latent:
         autoencoder = load_autoencoder(config.latent, device=device)
         ae_record = autoencoder_record(config.latent, autoencoder)
-    dataset = prepare(images, autoencoder, config.prompts) if autoencoder or config.prompts else images
+    dataset = prepare(images, autoencoder, config.prompts)  # latents and/or prompts, if asked; else the images
     if config.val_every:
-        held_out = load_data(config, train=False)
-        held_out = prepare(held_out, autoencoder, config.prompts) if autoencoder or config.prompts else held_out
+        held_out = prepare(load_data(config, train=False), autoencoder, config.prompts)
         val_sets = [fixed_subset(dataset, seed=config.seed), fixed_subset(held_out, seed=config.seed)]
         val_sets = [(x, y if dataset.num_classes else None) for x, y in val_sets]
     hflip = config.hflip if config.hflip is not None else DATASETS[config.dataset].hflip and not (config.latent or config.prompts)
@@ -296,6 +297,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
             "learned_variance": config.learned_variance, **config.unet}
     if config.prompts:
         unet["context_len"] = PROMPT_LEN
+    if config.latent:
+        unet["latent"] = True  # unbounded latents: the samplers must not clip x0 to [-1, 1]
     if config.latent and "attention_resolutions" not in config.unet:  # attention is cheap on an 8x8 latent: every level
         unet["attention_resolutions"] = tuple(dataset.image_size // 2**i for i in range(len(PRESETS[config.preset].channel_mults)))
     try:
@@ -304,8 +307,8 @@ def train(config: TrainConfig, out_dir, resume: bool = False, device=None, progr
         if not config.latent:
             raise
         raise ValueError(f"the autoencoder's latents are {'x'.join(map(str, ae_record['latent_shape']))}, which preset "
-                         f"{config.preset!r} cannot take ({e}); use an autoencoder whose latent size is divisible by 4 "
-                         "(its padded_size by 16) or a preset with fewer levels (unet={'channel_mults': ...})") from None
+                         f"{config.preset!r} cannot take ({e}); use an autoencoder whose latent can be halved as often (a larger "
+                         "padded_size) or fewer UNet levels (unet={'channel_mults': ...})") from None
     model = UNet(unet_config).to(device)
     diffusion = make_process(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)

@@ -39,6 +39,7 @@ class UNetConfig:
     learned_variance: bool = False  # 2 x in_channels outputs: the prediction, then v in [-1, 1] for the variance
     context_len: int = 0  # 0: y is a label (B,); > 0: y is a prompt (B, context_len) of word ids < num_classes (pad = null =
     # num_classes), read by cross-attention after every self-attention (notebook 12) instead of a label embedding
+    latent: bool = False  # x are an autoencoder's scaled latents (notebook 12), not images in [-1, 1]: samplers do not clip x0
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)

@@ -193,7 +193,7 @@ def test_a_latent_prompt_model_trains_on_latents_and_names_its_autoencoder(laten
     out, config, result = latent_run
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt.model.config.in_channels == 4 and ckpt.model.config.image_size == 8 and ckpt.model.config.context_len == 3
-    assert ckpt.model.config.attention_resolutions == (8, 4, 2)
+    assert ckpt.model.config.attention_resolutions == (8, 4, 2) and ckpt.model.config.latent
     record = ckpt.autoencoder
     assert record["file"] == str((autoencoder_run[0] / "autoencoder.pt").resolve()) and record["latent_shape"] == [4, 8, 8]
     assert ckpt.dataset["vocabulary"][:4] == ["thin", "thick", "upright", "slanted"] and ckpt.dataset["image_size"] == 28
@@ -230,6 +230,10 @@ def test_latent_errors_are_one_clear_line(latent_run, autoencoder_run, tmp_path,
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="horizontal flip would reverse"):
+        TrainConfig(prompts=True, hflip=True)
+    with pytest.raises(ValueError, match="latents of the data at their own size"):
+        TrainConfig(latent="mnist", image_size=32)
     narrow = tmp_path / "narrow.pt"  # a 28x28 image unpadded: 4x7x7 latents, which the tiny preset cannot halve twice
     save_autoencoder(narrow, Autoencoder(AutoencoderConfig(padded_size=28, base_channels=8)))
     with pytest.raises(ValueError, match="latents are 4x7x7, which preset 'tiny' cannot take"):
@@ -284,3 +288,19 @@ def test_notebook_12_checks_accept_the_solution_and_name_the_mistake(check, corr
     with pytest.raises(checks.CheckFailed) as failure:
         check(wrong)
     assert hint in str(failure.value), str(failure.value)
+
+
+def test_samplers_clip_images_but_not_latents():
+    """Scaled latents have unit std and long tails: clipping x0 to [-1, 1], right for images, would cut them off."""
+    from ddpm_utils.diffusion import GaussianDiffusion
+    from ddpm_utils.samplers import sample
+
+    diffusion = GaussianDiffusion.from_schedule("cosine", 50)
+    out = {}
+    for latent in (False, True):
+        torch.manual_seed(0)
+        model = UNet(UNetConfig.preset("tiny", image_size=8, in_channels=4, num_classes=None, latent=latent)).eval()
+        torch.nn.init.zeros_(model.out[-1].weight)
+        torch.nn.init.zeros_(model.out[-1].bias)  # eps = 0: x0 = x_T / sqrt(abar_T), far outside [-1, 1]
+        out[latent] = sample(model, diffusion, (2, 4, 8, 8), num_steps=5, generator=torch.Generator().manual_seed(0), progress=False)
+    assert out[False].abs().max() <= 1 and out[True].abs().max() > 3
