@@ -44,6 +44,21 @@ def test_autoencoder_shapes_and_a_clear_error_for_the_wrong_image_size():
         AutoencoderConfig(padded_size=30)
 
 
+def test_rgb_preset_and_the_command_line(tmp_path, capsys):
+    from ddpm_utils.autoencoder import PRESETS
+
+    ae = Autoencoder(PRESETS["rgb32"])
+    assert ae.encode(torch.zeros(2, 3, 32, 32))[0].shape == (2, 4, 8, 8) and ae.decode(torch.zeros(2, 4, 8, 8)).shape == (2, 3, 32, 32)
+    assert main(["train-autoencoder", "--max-steps", "2", "--batch-size", "8", "--checkpoint-every", "2", "--data-source",
+                 "bundled", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert "held-out L1" in capsys.readouterr().out and (tmp_path / "reconstructions.png").is_file()
+    assert main(["export", "--checkpoint", str(tmp_path / "autoencoder.pt"), "--out", str(tmp_path / "small.pt")]) == 0
+    assert "SHA-256" in capsys.readouterr().out and load_autoencoder(str(tmp_path / "small.pt")).config.latent_shape == (4, 8, 8)
+    assert (tmp_path / "small.pt").stat().st_size < (tmp_path / "autoencoder.pt").stat().st_size / 2  # no optimizer state
+    assert main(["train-autoencoder", "--kl-weight", "-1", "--out", str(tmp_path)]) == 2
+    assert "kl_weight >= 0" in capsys.readouterr().err
+
+
 def test_kl_term_is_the_kl_to_a_standard_normal():
     mean, logvar = torch.randn(50), torch.randn(50)
     q = torch.distributions.Normal(mean, (0.5 * logvar).exp())
