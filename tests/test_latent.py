@@ -27,7 +27,7 @@ from ddpm_utils.latent import condition, load_decoder, num_labels
 from ddpm_utils.training import TrainConfig, train
 from ddpm_utils.unet import CrossAttention, UNet, UNetConfig
 
-TINY_AE = {"preset": "mnist", "data_source": "bundled", "batch_size": 8, "checkpoint_every": 2}
+TINY_AE = {"preset": "mnist", "data_source": "bundled", "batch_size": 8, "checkpoint_every": 4}
 
 
 def test_autoencoder_shapes_and_a_clear_error_for_the_wrong_image_size():
