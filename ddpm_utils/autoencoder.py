@@ -14,7 +14,6 @@ with the weights (Stable Diffusion's 0.18215 was measured the same way for its a
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,12 +245,9 @@ def save_autoencoder(path, model: Autoencoder, *, step: int = 0, dataset: dict |
     """Write the autoencoder (config, weights with the measured scale, data set record, extra plain values) atomically."""
     data = {"format": FORMAT, "config": dataclasses.asdict(model.config), "model": model.state_dict(),
             "scale": model.scale.item(), "step": int(step), "dataset": dataset or {}, **(extra or {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    os.replace(tmp, path)
-    return path
+    from .checkpoints import atomic_save
+
+    return atomic_save(data, path)
 
 
 def export_autoencoder(path, out) -> Path:

@@ -81,6 +81,11 @@ def save_checkpoint(path, model: UNet, diffusion: GaussianDiffusion | FlowMatchi
         "dataset": dataset or dataset_info({}, model.config),
         "autoencoder": autoencoder,  # a latent model's autoencoder (latent.autoencoder_record), or None for pixels
     }
+    return atomic_save(data, path)
+
+
+def atomic_save(data: dict, path) -> Path:
+    """torch.save to a file next to `path`, then renamed over it: a crash mid-write leaves the old file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
